@@ -1,0 +1,358 @@
+"""Classifier wrapper: a timm model that takes images in [0,1] pixel space at any resolution.
+
+Each wrapper owns its preprocessing (timm's data config: mean/std, input size, interpolation),
+so classifiers with different preprocessing see the same masked image. It also exposes the
+feature map that CAM-family methods read, found automatically:
+
+* CNNs (``forward_features`` returns B x C x h x w): that output, the input of the head.
+* NHWC backbones (Swin, some MLP-mixers: B x h x w x C): the same output, permuted to NCHW.
+* Token models (ViT, DeiT: B x N x C): the *input* of the last block, prefix tokens dropped and
+  reshaped to the patch grid. The last block's output is unusable because the head reads only
+  the class token, so patch tokens there have zero gradient.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from salbench.device import autocast
+from salbench.errors import NotApplicable, UsageError, close_matches
+from salbench.registry import is_pattern, split_list
+
+_INTERP = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "area": "area", "lanczos": "bicubic", "random": "bilinear"}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a classifier wants its input: normalisation and input resolution."""
+
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+
+    @classmethod
+    def from_timm(cls, model: nn.Module, **overrides: Any) -> "Preprocess":
+        import timm.data
+
+        cfg = timm.data.resolve_data_config({}, model=model)
+        base = {
+            "mean": tuple(float(v) for v in cfg["mean"]),
+            "std": tuple(float(v) for v in cfg["std"]),
+            "input_size": tuple(int(v) for v in cfg["input_size"]),
+            "interpolation": str(cfg.get("interpolation", "bilinear")),
+            "crop_pct": float(cfg.get("crop_pct", 1.0)),
+        }
+        return cls.from_dict({**base, **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        known = {f for f in cls.__dataclass_fields__}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise UsageError(f"unknown preprocessing key(s) {bad}: expected some of {sorted(known)}")
+        d = dict(d)
+        for key in ("mean", "std"):
+            if key in d:
+                v = tuple(float(x) for x in d[key])
+                if len(v) != 3:
+                    raise UsageError(f"preprocessing {key}={list(d[key])}: expected three values (R, G, B)")
+                d[key] = v
+        if "input_size" in d:
+            v = d["input_size"]
+            v = (3, int(v), int(v)) if isinstance(v, (int, float)) else tuple(int(x) for x in v)
+            if len(v) == 2:
+                v = (3, *v)
+            d["input_size"] = v
+        if "interpolation" in d and d["interpolation"] not in _INTERP:
+            raise UsageError(f"preprocessing interpolation={d['interpolation']!r}: expected one of {sorted(_INTERP)}")
+        return cls(**d)
+
+
+@dataclass
+class FeatureSpec:
+    """What ``Classifier.forward_with_features`` returns as features, found on first use."""
+
+    kind: str  # "nchw" | "nhwc" | "tokens" | "module"
+    channels: int
+    grid: tuple[int, int] | None = None
+    module: str | None = None
+    prefix_tokens: int = 0
+
+
+class Classifier(nn.Module):
+    """A timm model behind a pixel-space interface: ``clf(x)`` with x in [0,1], B x 3 x H x W."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str,
+        preprocess: Preprocess,
+        num_classes: int,
+        *,
+        meta: dict[str, Any] | None = None,
+        amp_dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        feature_layer: str | None = None,
+    ):
+        super().__init__()
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.name = name
+        self.preprocess = preprocess
+        self.num_classes = num_classes
+        self.meta = dict(meta or {})
+        self.amp_dtype = amp_dtype
+        self.channels_last = channels_last
+        self.feature_layer = feature_layer
+        self._features: FeatureSpec | None = None
+        self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preprocess.std).view(1, 3, 1, 1), persistent=False)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    # ----------------------------------------------------------------- preprocessing
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel images -> model input: resize to the model's input size, then (x - mean) / std."""
+        size = tuple(self.preprocess.input_size[1:])
+        if tuple(x.shape[-2:]) != size:
+            mode = _INTERP[self.preprocess.interpolation]
+            kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+            x = F.interpolate(x, size=size, mode=mode, antialias=mode in ("bilinear", "bicubic"), **kw)
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.amp_dtype):
+            out = self.model(self.normalize(x))
+        return out.float()
+
+    # ----------------------------------------------------------------- features
+    def _token_blocks(self) -> nn.Module | None:
+        blocks = getattr(self.model, "blocks", None)
+        if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) > 0:
+            return blocks[-1]
+        return None
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the CAM feature map (B x C x h x w float32).
+
+        The feature map is a fresh leaf of the autograd graph that the rest of the network reads,
+        so ``torch.autograd.grad(score, fmap)`` is cheap: the layers below it record no graph
+        (their parameters are frozen and the input needs no gradient).
+        """
+        spec = self.features_spec()
+        leaves: list[torch.Tensor] = []
+
+        def to_leaf(t: torch.Tensor) -> torch.Tensor:
+            if t.ndim == 4:  # NCHW feature map
+                leaf = t.detach().float().requires_grad_(True)
+                leaves.append(leaf)
+                return leaf.to(t.dtype)
+            prefix, grid = spec.prefix_tokens, spec.grid
+            leaf = t[:, prefix:].detach().float().transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid).requires_grad_(True)  # type: ignore[misc]
+            leaves.append(leaf)
+            return torch.cat([t[:, :prefix].detach(), leaf.flatten(2).transpose(1, 2).to(t.dtype)], dim=1)
+
+        handle = None
+        if spec.kind == "tokens":
+            block = self._token_blocks()
+            assert block is not None
+            handle = block.register_forward_pre_hook(lambda _m, args: (to_leaf(args[0]), *args[1:]))
+        elif spec.kind == "module":
+            module = self.model.get_submodule(spec.module)  # type: ignore[arg-type]
+            handle = module.register_forward_hook(lambda _m, _a, out: to_leaf(out))
+        try:
+            with torch.enable_grad(), autocast(self.device, self.amp_dtype):
+                feats = self.model.forward_features(self.normalize(x))
+                if spec.kind == "nchw":
+                    feats = to_leaf(feats)
+                elif spec.kind == "nhwc":
+                    feats = to_leaf(feats.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+                logits = self.model.forward_head(feats)
+        finally:
+            if handle is not None:
+                handle.remove()
+        return logits.float(), leaves[-1]
+
+    def features_spec(self) -> FeatureSpec:
+        """Find (once) which tensor is the CAM feature map; NotApplicable when none fits."""
+        if self._features is not None:
+            return self._features
+        _, h, w = self.preprocess.input_size
+        probe = torch.zeros(1, 3, h, w, device=self.device)
+        nfeat = int(getattr(self.model, "num_features", -1))
+        prefix = int(getattr(self.model, "num_prefix_tokens", 0) or 0)
+        with torch.no_grad():
+            if self.feature_layer:
+                captured: list[torch.Tensor] = []
+                try:
+                    module = self.model.get_submodule(self.feature_layer)
+                except AttributeError:
+                    names = [n for n, _ in self.model.named_modules()]
+                    raise UsageError(f"feature layer {self.feature_layer!r} not in {self.name}{close_matches(self.feature_layer, names)}") from None
+                hnd = module.register_forward_hook(lambda _m, _a, out: captured.append(out))
+                try:
+                    self.model(self.normalize(probe))
+                finally:
+                    hnd.remove()
+                out = captured[-1]
+                grid = _token_grid(self.model, out.shape[1] - prefix) if out.ndim == 3 else None
+                self._features = FeatureSpec("module", int(out.shape[-1] if out.ndim == 3 else out.shape[1]), grid, self.feature_layer, prefix)
+                return self._features
+            feats = self.model.forward_features(self.normalize(probe))
+        if feats.ndim == 4 and feats.shape[1] == nfeat:
+            self._features = FeatureSpec("nchw", nfeat, tuple(feats.shape[2:]))
+        elif feats.ndim == 4 and feats.shape[3] == nfeat:
+            self._features = FeatureSpec("nhwc", nfeat, tuple(feats.shape[1:3]))
+        elif feats.ndim == 3 and self._token_blocks() is not None:
+            grid = _token_grid(self.model, feats.shape[1] - prefix)
+            if grid is None:
+                raise NotApplicable(f"{self.name}: cannot reshape {feats.shape[1] - prefix} tokens to a patch grid")
+            self._features = FeatureSpec("tokens", int(feats.shape[2]), grid, None, prefix)
+        else:
+            raise NotApplicable(f"{self.name}: no spatial feature map found (forward_features gives shape {tuple(feats.shape)})")
+        return self._features
+
+    def linear_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, b) of a global-average-pool + linear head, the precondition of CAM."""
+        spec = self.features_spec()
+        head = self.model.get_classifier()
+        pool = getattr(self.model, "global_pool", None)
+        pool_type = getattr(pool, "pool_type", pool if isinstance(pool, str) else None)
+        if spec.kind not in ("nchw", "nhwc") or not isinstance(head, nn.Linear):
+            raise NotApplicable(f"{self.name}: CAM needs a CNN with a global-average-pool + linear head")
+        if pool_type != "avg":
+            raise NotApplicable(f"{self.name}: CAM needs global average pooling, head pools with {pool_type!r}")
+        extra = [n for n, m in getattr(self.model, "head", nn.Identity()).named_children() if n not in ("global_pool", "fc", "flatten", "drop") and not isinstance(m, (nn.Identity, nn.Dropout, nn.Flatten))]
+        if extra:
+            raise NotApplicable(f"{self.name}: CAM needs GAP + linear, the head also has {extra}")
+        bias = head.bias if head.bias is not None else torch.zeros(head.out_features, device=head.weight.device)
+        return head.weight.float(), bias.float()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "num_classes": self.num_classes, "preprocess": asdict(self.preprocess), **self.meta}
+
+
+def _token_grid(model: nn.Module, n_tokens: int) -> tuple[int, int] | None:
+    pe = getattr(model, "patch_embed", None)
+    grid = getattr(pe, "grid_size", None)
+    if grid is not None and int(grid[0]) * int(grid[1]) == n_tokens:
+        return int(grid[0]), int(grid[1])
+    side = int(round(n_tokens**0.5))
+    return (side, side) if side * side == n_tokens else None
+
+
+# --------------------------------------------------------------------- loading by spec
+@dataclass
+class ModelOptions:
+    """Per-run options applied to every classifier the run loads."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp_dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def state_dict_checksum(model: nn.Module) -> str:
+    """sha256 over parameter/buffer names and bytes: identifies the weights a run used."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_classifier(spec: str, options: ModelOptions | None = None) -> Classifier:
+    """Build the classifier a spec string names.
+
+    ``zoo:<name>``        a salbench zoo classifier (trained on demand, cached under $SALBENCH_HOME)
+    ``<timm name>[.tag]`` pretrained timm weights (hub or local Hugging Face cache)
+    ``<timm name>@<file>``local ``.pth``/``.safetensors`` weights
+    ``random:<timm name>``randomly initialised (throughput only: cost does not depend on weights)
+    """
+    import timm
+
+    options = options or ModelOptions()
+    overrides = dict(options.overrides.get(spec, {}))
+    feature_layer = overrides.pop("feature_layer", None)
+    if spec.startswith("zoo:"):
+        from salbench import zoo
+
+        model, meta = zoo.load(spec[4:], device="cpu")
+        pre = Preprocess.from_dict({k: meta[k] for k in ("mean", "std", "input_size", "interpolation") if k in meta} | overrides)
+        num_classes = int(meta["num_classes"])
+        meta = {"source": "zoo", "val_top1": meta.get("val_top1"), "arch": meta.get("arch"), "recipe": meta.get("recipe_key")}
+    elif spec.startswith("random:"):
+        arch = spec.split(":", 1)[1]
+        _check_timm_name(arch.split(".")[0])
+        model = timm.create_model(arch, pretrained=False)
+        pre = Preprocess.from_timm(model, **overrides)
+        num_classes = int(model.num_classes)
+        meta = {"source": "random-init", "arch": arch}
+    elif "@" in spec:
+        from salbench.weights import load_local_weights
+
+        arch, path = spec.split("@", 1)
+        model, meta = load_local_weights(arch, path)
+        pre = Preprocess.from_timm(model, **overrides)
+        num_classes = int(model.num_classes)
+    else:
+        _check_timm_name(spec.split(".")[0])
+        try:
+            model = timm.create_model(spec, pretrained=True)
+        except Exception as exc:  # hub unreachable, no cached weights, unknown tag
+            raise UsageError(f"cannot load pretrained timm weights for {spec!r}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        pre = Preprocess.from_timm(model, **overrides)
+        num_classes = int(model.num_classes)
+        meta = {"source": "timm-pretrained", "arch": spec}
+    meta["weights_sha256"] = state_dict_checksum(model)
+    clf = Classifier(model, spec, pre, num_classes, meta=meta, amp_dtype=options.amp_dtype, channels_last=options.channels_last, feature_layer=feature_layer)
+    return clf.to(options.device)
+
+
+def _check_timm_name(arch: str) -> None:
+    import timm
+
+    if not timm.is_model(arch):
+        raise UsageError(f"unknown timm model {arch!r}{close_matches(arch, timm.list_models())}")
+
+
+def expand_model_specs(specs: str | list[str] | None, *, pretrained_only: bool = False) -> list[str]:
+    """Expand comma-separated classifier specs with wildcards: ``zoo:*``, ``resnet*``, ``vit_*``."""
+    import timm
+
+    out: list[str] = []
+    for item in split_list(specs):
+        if item.startswith("zoo:") and is_pattern(item):
+            from salbench import zoo
+
+            hits = [f"zoo:{n}" for n in fnmatch.filter(zoo.ZOO.names(), item[4:])]
+        elif item.startswith("zoo:"):
+            from salbench import zoo
+
+            zoo.ZOO.get(item[4:])
+            hits = [item]
+        elif is_pattern(item) and "@" not in item:
+            hits = timm.list_models(item, pretrained=pretrained_only)
+        else:
+            hits = [item]
+        if not hits:
+            raise UsageError(f"model pattern {item!r} matches nothing")
+        out.extend(h for h in hits if h not in out)
+    return out

@@ -1,0 +1,153 @@
+"""The ``salbench`` command line (click). Exit codes: 0 success, 2 bad arguments, 1 failed run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from salbench.errors import SalbenchError, UsageError
+
+
+class _Group(click.Group):
+    """Maps salbench errors to one-line messages: UsageError -> exit 2, anything else -> exit 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            click.echo(f"salbench: error: {exc}", err=True)
+            sys.exit(2)
+        except SalbenchError as exc:
+            click.echo(f"salbench: failed: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="salbench")
+def main() -> None:
+    """salbench: benchmark saliency methods on image classifiers."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/TOML/JSON run spec; flags override it.")
+@click.option("--dataset", help="Dataset spec: synthetic, synthetic?variant=twin, imagenet:/path/to/val?limit=5000, folder:/path?boxes=b.csv")
+@click.option("--methods", help="Comma-separated method names/wildcards (default: every registered method).")
+@click.option("--exclude-methods", help="Comma-separated methods/wildcards to leave out.")
+@click.option("--models", help="Source classifiers: zoo:*, resnet50.a1_in1k, NAME@weights.pth, wildcards.")
+@click.option("--eval-models", help="Eval classifiers (default: the source classifiers).")
+@click.option("--limit", type=int, help="Evaluate only the first N images (deterministic).")
+@click.option("--batch-size", type=int)
+@click.option("--binarize", help="mean_area (default), alpha_mean, threshold.")
+@click.option("--inpaint", help="Inpainting backend: telea (default), biharmonic, ...")
+@click.option("--target", type=click.Choice(["label", "predicted"]), help="Explain the ground-truth label (default) or the predicted class.")
+@click.option("--seed", type=int)
+@click.option("--device", help="auto (default), cpu, cuda, cuda:N.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--workers", type=int, help="Data-loading worker processes.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: results/<dataset>-<spec hash>-<time>).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run (with --out, or the newest run of the same spec).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def run(config_path, dataset, methods, exclude_methods, models, eval_models, limit, batch_size, binarize, inpaint, target, seed, device, dtype, workers, out, resume, no_progress):
+    """Run the benchmark (no arguments: the embedded synthetic default with the zoo)."""
+    from salbench.config import RunSpec
+    from salbench.runner import run as run_spec
+
+    spec = RunSpec.from_file(config_path) if config_path else RunSpec()
+    spec = spec.replace(
+        dataset=dataset, methods=methods, exclude_methods=exclude_methods, models=models, eval_models=eval_models,
+        limit=limit, batch_size=batch_size, binarize=binarize, inpaint=inpaint, target=target, seed=seed,
+        device=device, dtype=dtype, workers=workers,
+    )
+    spec.__post_init__()
+    run_dir = run_spec(spec, out, resume=resume, progress=not no_progress)
+    click.echo(f"results: {run_dir}")
+    board = run_dir / "leaderboard.md"
+    if board.exists():
+        click.echo(board.read_text())
+
+
+@main.group()
+def methods() -> None:
+    """Registered saliency methods."""
+
+
+@methods.command("list")
+def methods_list() -> None:
+    """Registered methods, their capabilities and cost per image."""
+    from salbench.methods import METHODS, create_method
+
+    header = f"{'method':<16} {'family':<10} {'grad':<5} {'layer':<6} {'trained':<8} {'clf-dep':<8} {'stoch':<6} {'fwd/img':>8} {'bwd/img':>8}  description"
+    click.echo(header)
+    for name in METHODS.names():
+        m = create_method(name)
+        c = m.capabilities
+        fwd, bwd = m.cost()
+        yn = lambda b: "yes" if b else "no"  # noqa: E731
+        click.echo(f"{name:<16} {c.family:<10} {yn(c.needs_gradients):<5} {yn(c.needs_feature_layer):<6} {yn(c.needs_training):<8} {yn(c.classifier_dependent):<8} {yn(c.stochastic):<6} {fwd:>8g} {bwd:>8g}  {m.description}")
+
+
+@main.group()
+def models() -> None:
+    """Classifiers: the salbench zoo and timm."""
+
+
+@models.command("list")
+@click.argument("pattern", required=False)
+@click.option("--pretrained-only", is_flag=True, help="timm models with pretrained weights only.")
+def models_list(pattern, pretrained_only) -> None:
+    """Zoo classifiers (with build status) and timm models matching PATTERN."""
+    import fnmatch
+
+    import timm
+
+    from salbench import zoo
+
+    pat = pattern or "*"
+    for name in zoo.ZOO.names():
+        spec = f"zoo:{name}"
+        if fnmatch.fnmatch(spec, pat) or fnmatch.fnmatch(name, pat):
+            status = "built" if zoo.is_built(name) else "not built (trained on first use)"
+            click.echo(f"{spec:<28} {zoo.ZOO.get(name).arch:<28} {status}")
+    if pattern and not pattern.startswith("zoo:"):
+        for name in timm.list_models(pattern, pretrained=pretrained_only):
+            click.echo(name)
+
+
+@main.group()
+def zoo() -> None:
+    """The synthetic classifier zoo."""
+
+
+@zoo.command("build")
+@click.option("--names", help="Comma-separated zoo names (default: all).")
+@click.option("--force", is_flag=True, help="Retrain even if cached.")
+def zoo_build(names, force) -> None:
+    """Train and cache the zoo classifiers that are missing."""
+    from salbench import zoo as zoo_mod
+    from salbench.registry import split_list
+
+    wanted = zoo_mod.ZOO.select(names) if names else None
+    metas = zoo_mod.build(wanted, force=force, progress=True)
+    for meta in metas:
+        click.echo(f"zoo:{meta['name']:<14} val top-1 {100 * meta['val_top1']:.1f}%  trained in {meta['train_time_s']:.0f}s  {zoo_mod.zoo_dir(zoo_mod.ZOO.get(meta['name']))}")
+    _ = split_list
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Where to write the report (default: the single run dir, or ./report).")
+def report(run_dirs, out) -> None:
+    """Leaderboard from one or more run directories' Parquet tables."""
+    from salbench.report import write_leaderboard
+
+    dirs = [Path(d) for d in run_dirs]
+    out_dir = Path(out) if out else (dirs[0] if len(dirs) == 1 else Path("report"))
+    path = write_leaderboard(dirs, out_dir)
+    click.echo(path.read_text())
+    click.echo(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Error types the CLI maps to exit codes (2: bad input, 1: failed run)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SalbenchError(Exception):
+    """Base class for errors salbench reports as a one-line message."""
+
+
+class UsageError(SalbenchError):
+    """The user asked for something that does not exist or is malformed (exit code 2)."""
+
+
+class NotApplicable(SalbenchError):
+    """A method cannot run on a classifier (e.g. CAM without a GAP + linear head).
+
+    The runner records the pair as not applicable with this message as the reason.
+    """
+
+
+def close_matches(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Format ``difflib`` close matches as a suffix for an error message."""
+    matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    return f" (did you mean: {', '.join(matches)}?)" if matches else ""

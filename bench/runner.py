@@ -1,0 +1,358 @@
+"""The evaluator: a plain function over (dataset x methods x source classifiers x eval classifiers).
+
+For each batch of images (pixel space, on the device):
+
+* every eval classifier scores the original images once;
+* for each (source classifier, method) pair: maps -> localisation rows (binarise, box, LE/OM,
+  continuous F1, mask statistics) -> masked-in / masked-out / inpainted images -> every eval
+  classifier scores them -> agnosticism rows;
+* the batch's rows are written as one atomic part file per table, then its completion marker.
+
+Everything stays on the device and batched; the only per-image work is inpainting backends
+that are per-image CPU algorithms (OpenCV Telea), which run in a thread pool.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from salbench import __version__
+from salbench.classifiers import Classifier, ModelOptions, expand_model_specs, load_classifier
+from salbench.config import RunSpec, spec_hash
+from salbench.datasets import SaliencyDataset, build_dataset, collate
+from salbench.device import device_name, resolve_device, resolve_dtype
+from salbench.errors import NotApplicable, UsageError
+from salbench.methods import METHODS, SaliencyMethod, create_method
+from salbench.metrics import agnosticism, binarize, boxes, inpainting, localization, statistics
+from salbench.results import RunWriter, atomic_write_json, read_run_json
+from salbench.rng import image_seeds
+
+DEFAULT_RESULTS = Path("results")
+
+
+@dataclass
+class ResolvedRun:
+    """A spec with every name resolved and validated: nothing is written before this succeeds."""
+
+    spec: RunSpec
+    methods: list[str]
+    models: list[str]
+    eval_models: list[str]
+    method_configs: dict[str, dict[str, Any]]
+    dataset: SaliencyDataset
+    hash: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.hash[:12]
+
+
+def resolve(spec: RunSpec) -> ResolvedRun:
+    """Expand wildcards, build the dataset and method objects, check every name (raises UsageError)."""
+    from salbench.metrics.binarize import BINARIZERS
+    from salbench.metrics.boxes import BOX_RULES
+    from salbench.metrics.inpainting import INPAINTERS
+
+    methods = METHODS.select(spec.methods, exclude=spec.exclude_methods)
+    if not methods:
+        raise UsageError(f"no methods left after excluding {spec.exclude_methods}")
+    unknown = sorted(set(spec.method_params) - set(METHODS.names()))
+    if unknown:
+        METHODS.get(unknown[0])
+    method_configs = {m: create_method(m, **spec.method_params.get(m, {})).config() for m in methods}
+    models = expand_model_specs(spec.models)
+    eval_models = expand_model_specs(spec.eval_models) if spec.eval_models else list(models)
+    BINARIZERS.get(spec.binarize)
+    BOX_RULES.get(spec.box)
+    INPAINTERS.get(spec.inpaint)
+    resolve_dtype(spec.dtype)
+    resolve_device(spec.device)
+    dataset = build_dataset(spec.dataset)
+    n = len(dataset) if spec.limit is None else min(spec.limit, len(dataset))
+    config = {
+        **spec.to_dict(),
+        "dataset": dataset.spec,
+        "protocol": dataset.protocol(),
+        "num_images": n,
+        "methods": methods,
+        "models": models,
+        "eval_models": eval_models,
+        "method_configs": method_configs,
+        "salbench_version": __version__,
+    }
+    return ResolvedRun(spec, methods, models, eval_models, method_configs, dataset, spec_hash(config), config)
+
+
+def default_run_dir(resolved: ResolvedRun, root: Path = DEFAULT_RESULTS) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = resolved.spec.name or resolved.dataset.spec.split("?")[0].split(":")[0]
+    return root / f"{base}-{resolved.run_id}-{stamp}"
+
+
+def latest_run_dir(resolved: ResolvedRun, root: Path = DEFAULT_RESULTS) -> Path | None:
+    """The newest run directory under ``root`` made from the same resolved spec (for ``--resume``)."""
+    if not root.is_dir():
+        return None
+    hits = sorted(p for p in root.iterdir() if p.is_dir() and f"-{resolved.run_id}-" in p.name and (p / "run.json").is_file())
+    return hits[-1] if hits else None
+
+
+def versions() -> dict[str, str]:
+    import cv2
+    import skimage
+    import timm
+
+    return {
+        "salbench": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "scikit-image": skimage.__version__,
+        "pyarrow": pa.__version__,
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:500]
+
+
+class _Rows:
+    """Column buffers for one table; values appended as whole batches (numpy arrays)."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list[Any]] = {}
+
+    def add(self, **columns: Any) -> None:
+        n = None
+        for v in columns.values():
+            if isinstance(v, (np.ndarray, list)):
+                n = len(v)
+                break
+        assert n is not None
+        for k, v in columns.items():
+            if not isinstance(v, (np.ndarray, list)):
+                v = [v] * n
+            self.cols.setdefault(k, []).append(v)
+
+    def table(self, schema: pa.Schema) -> pa.Table:
+        if not self.cols:
+            return schema.empty_table()
+        arrays = []
+        for f in schema:
+            parts = self.cols.get(f.name)
+            if parts is None:
+                n = sum(len(p) for p in next(iter(self.cols.values())))
+                arrays.append(pa.nulls(n, f.type))
+                continue
+            flat: list[Any] = []
+            for p in parts:
+                flat.extend(p.tolist() if isinstance(p, np.ndarray) else p)
+            arrays.append(pa.array(flat, type=f.type))
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+class Evaluator:
+    """Holds the loaded classifiers and methods of a run; ``evaluate_batch`` makes its rows."""
+
+    def __init__(self, resolved: ResolvedRun, device: torch.device, progress: bool = True):
+        self.r = resolved
+        self.spec = resolved.spec
+        self.device = device
+        options = ModelOptions(device=device, amp_dtype=resolve_dtype(self.spec.dtype), channels_last=self.spec.channels_last, overrides=self.spec.model_overrides)
+        self.classifiers: dict[str, Classifier] = {}
+        for name in dict.fromkeys(resolved.models + resolved.eval_models):
+            self.classifiers[name] = load_classifier(name, options)
+            if self.classifiers[name].num_classes != resolved.dataset.num_classes:
+                raise UsageError(
+                    f"classifier {name!r} has {self.classifiers[name].num_classes} classes but dataset "
+                    f"{resolved.dataset.spec!r} has {resolved.dataset.num_classes}"
+                )
+        self.methods: dict[str, SaliencyMethod] = {m: create_method(m, **self.spec.method_params.get(m, {})) for m in resolved.methods}
+        for i, m in enumerate(self.methods.values()):
+            m.seed = self.spec.seed
+        self.not_applicable: dict[tuple[str, str], str] = {}
+        for src in resolved.models:
+            for name, method in self.methods.items():
+                try:
+                    method.check(self.classifiers[src])
+                except NotApplicable as exc:
+                    self.not_applicable[(name, src)] = str(exc)
+
+    def _salt(self, method: str) -> int:
+        return int(hashlib.sha1(method.encode()).hexdigest()[:7], 16)
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch) -> tuple[dict[str, pa.Table], dict[str, int]]:
+        from salbench.results import AGNOSTICISM_SCHEMA, LOCALIZATION_SCHEMA
+
+        spec, r = self.spec, self.r
+        batch = batch.to(self.device)
+        x, labels = batch.images, batch.labels
+        base = dict(run_id=r.run_id, dataset=r.dataset.spec)
+        ids = dict(image_index=_np(batch.index).astype(np.int64), image_id=list(batch.ids), label=_np(labels).astype(np.int64))
+        loc, agn = _Rows(), _Rows()
+        counts = {"maps": 0, "errors": 0}
+
+        logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
+        scores_clean = {name: agnosticism.classification_scores(lg, labels) for name, lg in logits_clean.items()}
+
+        for src in r.models:
+            src_logits = logits_clean[src]
+            source_correct = src_logits.argmax(1) == labels
+            targets = labels if spec.target == "label" else src_logits.argmax(1)
+            for mname, method in self.methods.items():
+                if (mname, src) in self.not_applicable:
+                    continue
+                row_base = dict(**base, **ids, method=mname, source_model=src)
+                try:
+                    seeds = image_seeds(spec.seed, batch.index, self._salt(mname))
+                    maps = method(self.classifiers[src], x, targets, seeds)
+                    b = binarize.binarize(maps, spec.binarize, **spec.binarize_params)
+                    box, box_valid = boxes.box_from_mask(b, spec.box, saliency=maps, images=x)
+                    le = localization.localization_error(box, box_valid, batch.boxes, batch.box_valid)
+                    om = localization.official_metric(le, source_correct)
+                    f1, prec, rec = localization.continuous_f1(maps, batch.boxes, batch.box_valid)
+                    loc.add(
+                        **row_base, binarize=spec.binarize, box=_np(box).tolist(), box_valid=_np(box_valid).astype(bool),
+                        le=_np(le), om=_np(om), f1=_np(f1), precision=_np(prec), recall=_np(rec),
+                        area=_np(statistics.mask_area(maps)), binary_area=_np(b.float().flatten(1).mean(1)),
+                        tv=_np(statistics.total_variation(maps)), entropy=_np(statistics.mask_entropy(maps)),
+                        target=_np(targets).astype(np.int64), source_correct=_np(source_correct).astype(bool), error=None,
+                    )
+                    counts["maps"] += len(x)
+                except Exception as exc:  # one method failing on one batch is an error row, not a crash
+                    counts["errors"] += len(x)
+                    loc.add(**row_base, binarize=spec.binarize, error=_one_line(exc), source_correct=_np(source_correct).astype(bool))
+                    if os.environ.get("SALBENCH_DEBUG"):
+                        traceback.print_exc()
+                    continue
+                variants = {v: agnosticism.compose(x, b, v, inpaint=spec.inpaint) for v in agnosticism.VARIANTS if v != "original"}
+                for ev, clf in self.classifiers.items():
+                    if ev not in r.eval_models:
+                        continue
+                    for variant in agnosticism.VARIANTS:
+                        try:
+                            s = scores_clean[ev] if variant == "original" else agnosticism.classification_scores(clf(variants[variant]), labels)
+                            agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint,
+                                    top1=_np(s["top1"]), top5=_np(s["top5"]), ce=_np(s["ce"]), entropy=_np(s["entropy"]), error=None)
+                        except Exception as exc:
+                            counts["errors"] += len(x)
+                            agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=_one_line(exc))
+        return {"localization": loc.table(LOCALIZATION_SCHEMA), "agnosticism": agn.table(AGNOSTICISM_SCHEMA)}, counts
+
+
+def batches(n: int, batch_size: int) -> list[list[int]]:
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
+def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, progress: bool = True,
+        results_root: str | Path = DEFAULT_RESULTS, report: bool = True) -> Path:
+    """Run a benchmark spec and return its run directory. Raises UsageError before writing anything."""
+    from tqdm.auto import tqdm
+
+    started = _dt.datetime.now(_dt.timezone.utc)
+    t0 = time.perf_counter()
+    resolved = resolve(spec)
+    root = Path(results_root)
+    if out is not None:
+        run_dir = Path(out)
+    elif resume:
+        found = latest_run_dir(resolved, root)
+        if found is None:
+            raise UsageError(f"--resume: no earlier run of this spec (id {resolved.run_id}) under {str(root)!r}; pass --out DIR")
+        run_dir = found
+    else:
+        run_dir = default_run_dir(resolved, root)
+    previous: dict[str, Any] | None = None
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not resume:
+            raise UsageError(f"output directory {str(run_dir)!r} already exists; pass --resume to continue it or choose another --out")
+        previous = read_run_json(run_dir)
+        if previous.get("hash") != resolved.hash:
+            raise UsageError(f"--resume: {str(run_dir)!r} holds run {previous.get('run_id')} with a different spec; not mixing results")
+    device = resolve_device(spec.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    evaluator = Evaluator(resolved, device, progress=progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    writer = RunWriter(run_dir)
+    cleaned = writer.clean_partial()
+    done = writer.completed()
+    n = resolved.config["num_images"]
+    all_batches = batches(n, spec.batch_size)
+    pending = [i for i in range(len(all_batches)) if i not in done]
+    meta = {
+        "run_id": resolved.run_id,
+        "hash": resolved.hash,
+        "spec": resolved.config,
+        "dataset": resolved.dataset.describe(),
+        "classifiers": {k: v.describe() for k, v in evaluator.classifiers.items()},
+        "not_applicable": [{"method": m, "model": s, "reason": why} for (m, s), why in sorted(evaluator.not_applicable.items())],
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "device": device_name(device),
+        "command": " ".join(sys.argv),
+        "status": "running",
+        "started": (previous or {}).get("started", started.isoformat()),
+        "resumed": ([*(previous or {}).get("resumed", []), {"at": started.isoformat(), "batches_done": len(done), "partial_files_removed": cleaned}] if previous else []),
+        "num_batches": len(all_batches),
+    }
+    atomic_write_json(run_dir / "run.json", meta)
+
+    counts = {"maps": 0, "errors": 0}
+    loader = torch.utils.data.DataLoader(
+        resolved.dataset, batch_sampler=[all_batches[i] for i in pending], collate_fn=collate, num_workers=spec.workers
+    )
+    bar = tqdm(zip(pending, loader), total=len(pending), desc=f"salbench run {resolved.run_id}", unit="batch", disable=not progress, dynamic_ncols=True)
+    for unit, batch in bar:
+        tables, c = evaluator.evaluate_batch(batch)
+        writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), **c})
+        for k in counts:
+            counts[k] += c[k]
+        bar.set_postfix(maps=counts["maps"], errors=counts["errors"])
+
+    from salbench.results import progress_info
+
+    totals = {"maps": 0, "errors": 0, "images": 0}
+    for info in progress_info(run_dir):
+        for k in totals:
+            totals[k] += int(info.get(k, 0))
+    meta.update(status="complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
+    atomic_write_json(run_dir / "run.json", meta)
+    if report:
+        from salbench.report import write_leaderboard
+
+        write_leaderboard([run_dir], run_dir)
+    return run_dir

@@ -1,0 +1,117 @@
+"""What every dataset yields: samples in [0,1] pixel space with boxes, collated into a ``Batch``.
+
+Box convention (everywhere in salbench): ``(x0, y0, x1, y1)`` in pixel-edge coordinates of the
+image as the dataset yields it; a box covers the integer pixels ``x0 <= x < x1, y0 <= y < y1``,
+so its area in pixels is ``(x1 - x0) * (y1 - y0)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Sample:
+    """One image. ``image`` is float32 3xHxW in [0,1]; ``boxes`` is (n, 4) float32."""
+
+    index: int
+    id: str
+    image: torch.Tensor
+    label: int
+    boxes: torch.Tensor
+    gt_mask: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    """A collated batch, ready to move to the device.
+
+    ``boxes`` is padded to the largest box count in the batch: B x K x 4, with ``box_valid``
+    (B x K bool) marking the real ones.
+    """
+
+    index: torch.Tensor
+    ids: list[str]
+    images: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor
+    box_valid: torch.Tensor
+    gt_masks: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return replace(
+            self,
+            index=self.index.to(device),
+            images=self.images.to(device, non_blocking=True),
+            labels=self.labels.to(device),
+            boxes=self.boxes.to(device),
+            box_valid=self.box_valid.to(device),
+            gt_masks=None if self.gt_masks is None else self.gt_masks.to(device),
+        )
+
+    def select(self, keep: torch.Tensor | list[int]) -> "Batch":
+        """The sub-batch at positions ``keep`` (used when some rows are already done)."""
+        idx = torch.as_tensor(keep, dtype=torch.long)
+        return Batch(
+            index=self.index[idx.to(self.index.device)],
+            ids=[self.ids[i] for i in idx.tolist()],
+            images=self.images[idx.to(self.images.device)],
+            labels=self.labels[idx.to(self.labels.device)],
+            boxes=self.boxes[idx.to(self.boxes.device)],
+            box_valid=self.box_valid[idx.to(self.box_valid.device)],
+            gt_masks=None if self.gt_masks is None else self.gt_masks[idx.to(self.gt_masks.device)],
+        )
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """Stack samples; pad box lists. All images in a batch must share one size."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    k = max(1, max(int(s.boxes.shape[0]) for s in samples))
+    boxes = torch.zeros(len(samples), k, 4, dtype=torch.float32)
+    valid = torch.zeros(len(samples), k, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        n = int(s.boxes.shape[0])
+        boxes[i, :n] = s.boxes
+        valid[i, :n] = True
+    masks = None
+    if all(s.gt_mask is not None for s in samples):
+        masks = torch.stack([s.gt_mask for s in samples])  # type: ignore[misc]
+    return Batch(
+        index=torch.tensor([s.index for s in samples], dtype=torch.long),
+        ids=[s.id for s in samples],
+        images=torch.stack([s.image for s in samples]),
+        labels=torch.tensor([s.label for s in samples], dtype=torch.long),
+        boxes=boxes,
+        box_valid=valid,
+        gt_masks=masks,
+    )
+
+
+class SaliencyDataset(torch.utils.data.Dataset):
+    """Base class: a map-style dataset of ``Sample`` with a canonical spec string.
+
+    Subclasses set ``spec`` (the string that recreates them), ``num_classes``, ``class_names``,
+    ``image_size`` (H, W) and implement ``__len__`` / ``__getitem__``. ``protocol()`` lists what
+    makes two runs' numbers comparable (reports never average across protocols).
+    """
+
+    spec: str
+    num_classes: int
+    class_names: list[str]
+    image_size: tuple[int, int]
+    skipped: dict[str, int]
+
+    def protocol(self) -> dict[str, Any]:
+        return {"dataset": self.spec, "image_size": list(self.image_size), "num_classes": self.num_classes}
+
+    def describe(self) -> dict[str, Any]:
+        """What ``run.json`` records about the dataset (spec, size, skips)."""
+        return {**self.protocol(), "num_images": len(self), "skipped": dict(getattr(self, "skipped", {}))}

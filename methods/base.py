@@ -1,0 +1,131 @@
+"""The saliency-method interface: a registered class with declared capabilities and one hook.
+
+A method subclasses ``SaliencyMethod`` and overrides ``attribute`` (raw, non-negative maps for a
+batch); ``__call__`` checks applicability, upsamples to the image size and normalises. Register it
+with ``@register_method("name")``; any module in ``salbench/methods/`` is imported by the package,
+so a new file is all a new method needs (the test suite is parametrised over the registry).
+
+Normalisation rule (documented contract): the raw map ``a >= 0`` of each image is divided by its
+maximum, so the most salient pixel is 1; an all-zero map stays all zero. Methods whose raw map is
+already in [0,1] (controls, trained maskers) declare ``normalization = "none"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from salbench.classifiers import Classifier
+from salbench.errors import NotApplicable, UsageError
+from salbench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method needs and how it behaves; shown by ``salbench methods list``."""
+
+    needs_gradients: bool = False
+    needs_feature_layer: bool = False
+    needs_training: bool = False
+    classifier_dependent: bool = True
+    batchable: bool = True
+    stochastic: bool = False
+    family: str = "gradient"
+
+
+class SaliencyMethod:
+    """Base class. Subclasses set ``name``, ``capabilities``, optional ``Params`` and ``attribute``."""
+
+    name: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    normalization: ClassVar[str] = "max"  # "max" | "none"
+    description: ClassVar[str] = ""
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def __init__(self, **params: Any):
+        fields = {f.name for f in dataclasses.fields(self.Params)}
+        bad = sorted(set(params) - fields)
+        if bad:
+            raise UsageError(f"method {self.name!r} has no parameter(s) {bad}; parameters: {sorted(fields) or 'none'}")
+        try:
+            self.params = self.Params(**params)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"method {self.name!r}: bad parameters {params}: {exc}") from None
+        self.seed = 0
+
+    # -- cost and applicability -------------------------------------------------
+    def cost(self) -> tuple[float, float]:
+        """(forward passes, backward passes) per image, for ``methods list`` and throughput."""
+        return (1.0, 1.0 if self.capabilities.needs_gradients else 0.0)
+
+    def check(self, classifier: Classifier) -> None:
+        """Raise ``NotApplicable`` with a reason when the method cannot run on ``classifier``."""
+        if self.capabilities.needs_feature_layer:
+            classifier.features_spec()
+
+    # -- the hook ---------------------------------------------------------------
+    def attribute(self, classifier: Classifier, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """Raw non-negative maps, B x h x w at any resolution (upsampled by the caller)."""
+        raise NotImplementedError
+
+    def __call__(self, classifier: Classifier, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Maps in [0,1], B x H x W at the images' resolution.
+
+        ``targets`` are class indices (B,); ``seeds`` are per-image seeds (B,) for stochastic
+        methods, derived from the run seed and dataset index so a map never depends on the batch.
+        """
+        if seeds is None:
+            seeds = torch.arange(len(images), device=images.device)
+        with torch.enable_grad() if self.capabilities.needs_gradients else torch.no_grad():
+            raw = self.attribute(classifier, images, targets.to(images.device), seeds.to(images.device))
+        raw = raw.detach().float()
+        if raw.shape[-2:] != images.shape[-2:]:
+            raw = F.interpolate(raw[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return normalize_maps(raw, self.normalization)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dataclasses.asdict(self.params)}
+
+
+def normalize_maps(raw: torch.Tensor, rule: str) -> torch.Tensor:
+    """Apply a normalisation rule per image (see module docstring)."""
+    if rule == "none":
+        return raw.clamp(0, 1)
+    if rule == "max":
+        raw = raw.clamp_min(0)
+        peak = raw.flatten(1).amax(1).view(-1, 1, 1)
+        return torch.where(peak > 0, raw / peak.clamp_min(torch.finfo(raw.dtype).tiny), torch.zeros_like(raw))
+    raise ValueError(f"unknown normalization rule {rule!r}")
+
+
+METHODS: Registry[type[SaliencyMethod]] = Registry("saliency method")
+
+
+def register_method(name: str):
+    """Class decorator: ``@register_method("gradcam")``."""
+
+    def deco(cls: type[SaliencyMethod]) -> type[SaliencyMethod]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return deco
+
+
+def create_method(name: str, **params: Any) -> SaliencyMethod:
+    return METHODS.get(name)(**params)
+
+
+def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The unnormalised class score S_c of each image's target class (Simonyan et al.)."""
+    return logits.gather(1, targets.view(-1, 1)).squeeze(1)
+
+
+def not_applicable(reason: str) -> NotApplicable:
+    return NotApplicable(reason)
