@@ -234,6 +234,8 @@ class Classifier(nn.Module):
         spec = self.features_spec()
         head = self.model.get_classifier()
         pool = getattr(self.model, "global_pool", None)
+        if pool is None:  # timm ClassifierHead / NormMlpClassifierHead keep the pool in the head (RegNet, ConvNeXt)
+            pool = getattr(getattr(self.model, "head", None), "global_pool", None)
         pool_type = getattr(pool, "pool_type", pool if isinstance(pool, str) else None)
         if spec.kind not in ("nchw", "nhwc") or not isinstance(head, nn.Linear):
             raise NotApplicable(f"{self.name}: CAM needs a CNN with a global-average-pool + linear head")

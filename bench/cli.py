@@ -149,5 +149,23 @@ def report(run_dirs, out) -> None:
     click.echo(f"written: {path}")
 
 
+def _attach_optional_commands() -> None:
+    """Commands that live in their own modules (throughput/compare, training, ...)."""
+    import importlib
+
+    for module, names in (("salbench.cli_perf", ("throughput", "compare")), ("salbench.cli_train", ("train",))):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        for name in names:
+            if hasattr(mod, name):
+                main.add_command(getattr(mod, name))
+
+
+_attach_optional_commands()
+
 if __name__ == "__main__":
     main()

@@ -40,6 +40,7 @@ from salbench.methods import METHODS, SaliencyMethod, create_method
 from salbench.metrics import agnosticism, binarize, boxes, inpainting, localization, statistics
 from salbench.results import RunWriter, atomic_write_json, read_run_json
 from salbench.rng import image_seeds
+from salbench.weights import check_class_count, drop_background_class
 
 DEFAULT_RESULTS = Path("results")
 
@@ -192,12 +193,10 @@ class Evaluator:
         options = ModelOptions(device=device, amp_dtype=resolve_dtype(self.spec.dtype), channels_last=self.spec.channels_last, overrides=self.spec.model_overrides)
         self.classifiers: dict[str, Classifier] = {}
         for name in dict.fromkeys(resolved.models + resolved.eval_models):
-            self.classifiers[name] = load_classifier(name, options)
-            if self.classifiers[name].num_classes != resolved.dataset.num_classes:
-                raise UsageError(
-                    f"classifier {name!r} has {self.classifiers[name].num_classes} classes but dataset "
-                    f"{resolved.dataset.spec!r} has {resolved.dataset.num_classes}"
-                )
+            clf = load_classifier(name, options)
+            if check_class_count(clf.num_classes, resolved.dataset.num_classes, name):
+                drop_background_class(clf)  # 1001-way checkpoint with background at index 0
+            self.classifiers[name] = clf
         self.methods: dict[str, SaliencyMethod] = {m: create_method(m, **self.spec.method_params.get(m, {})) for m in resolved.methods}
         for i, m in enumerate(self.methods.values()):
             m.seed = self.spec.seed
@@ -217,12 +216,24 @@ class Evaluator:
         from salbench.results import AGNOSTICISM_SCHEMA, LOCALIZATION_SCHEMA
 
         spec, r = self.spec, self.r
+        loc, agn = _Rows(), _Rows()
+        counts = {"maps": 0, "errors": 0, "load_errors": 0}
+        if batch.errors is not None:  # images that failed to load: one error row each, then the rest
+            bad = [i for i, e in enumerate(batch.errors) if e]
+            counts["load_errors"] += len(bad)
+            for i in bad:
+                for src in r.models:
+                    for mname in self.methods:
+                        loc.add(run_id=r.run_id, dataset=r.dataset.spec, image_index=[int(batch.index[i])], image_id=[batch.ids[i]],
+                                label=[int(batch.labels[i])], method=mname, source_model=src, binarize=spec.binarize, error=batch.errors[i])
+            keep = [i for i, e in enumerate(batch.errors) if not e]
+            if not keep:
+                return {"localization": loc.table(LOCALIZATION_SCHEMA), "agnosticism": agn.table(AGNOSTICISM_SCHEMA)}, counts
+            batch = batch.select(keep)
         batch = batch.to(self.device)
         x, labels = batch.images, batch.labels
         base = dict(run_id=r.run_id, dataset=r.dataset.spec)
         ids = dict(image_index=_np(batch.index).astype(np.int64), image_id=list(batch.ids), label=_np(labels).astype(np.int64))
-        loc, agn = _Rows(), _Rows()
-        counts = {"maps": 0, "errors": 0}
 
         logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
         scores_clean = {name: agnosticism.classification_scores(lg, labels) for name, lg in logits_clean.items()}
@@ -251,24 +262,41 @@ class Evaluator:
                         target=_np(targets).astype(np.int64), source_correct=_np(source_correct).astype(bool), error=None,
                     )
                     counts["maps"] += len(x)
+                except torch.cuda.OutOfMemoryError:
+                    raise  # handled by evaluate_with_retry: split the batch
                 except Exception as exc:  # one method failing on one batch is an error row, not a crash
                     counts["errors"] += len(x)
                     loc.add(**row_base, binarize=spec.binarize, error=_one_line(exc), source_correct=_np(source_correct).astype(bool))
                     if os.environ.get("SALBENCH_DEBUG"):
                         traceback.print_exc()
                     continue
-                variants = {v: agnosticism.compose(x, b, v, inpaint=spec.inpaint) for v in agnosticism.VARIANTS if v != "original"}
-                for ev, clf in self.classifiers.items():
-                    if ev not in r.eval_models:
-                        continue
-                    for variant in agnosticism.VARIANTS:
-                        try:
-                            s = scores_clean[ev] if variant == "original" else agnosticism.classification_scores(clf(variants[variant]), labels)
-                            agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint,
-                                    top1=_np(s["top1"]), top5=_np(s["top5"]), ce=_np(s["ce"]), entropy=_np(s["entropy"]), error=None)
-                        except Exception as exc:
-                            counts["errors"] += len(x)
+                masked = [v for v in agnosticism.VARIANTS if v != "original"]
+                try:
+                    stacked = torch.cat([agnosticism.compose(x, b, v, inpaint=spec.inpaint) for v in masked])
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except Exception as exc:
+                    counts["errors"] += len(x)
+                    for ev in r.eval_models:
+                        agn.add(**row_base, eval_model=ev, variant="inpainted", inpaint=spec.inpaint, error=_one_line(exc))
+                    continue
+                for ev in r.eval_models:
+                    s = scores_clean[ev]
+                    agn.add(**row_base, eval_model=ev, variant="original", inpaint=spec.inpaint,
+                            top1=_np(s["top1"]), top5=_np(s["top5"]), ce=_np(s["ce"]), entropy=_np(s["entropy"]), error=None)
+                    try:  # the three masked variants in one forward pass
+                        s_all = agnosticism.classification_scores(self.classifiers[ev](stacked), labels.repeat(len(masked)))
+                    except torch.cuda.OutOfMemoryError:
+                        raise
+                    except Exception as exc:
+                        counts["errors"] += len(x)
+                        for variant in masked:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=_one_line(exc))
+                        continue
+                    for j, variant in enumerate(masked):
+                        part = {k: _np(v[j * len(x) : (j + 1) * len(x)]) for k, v in s_all.items()}
+                        agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint,
+                                top1=part["top1"], top5=part["top5"], ce=part["ce"], entropy=part["entropy"], error=None)
         return {"localization": loc.table(LOCALIZATION_SCHEMA), "agnosticism": agn.table(AGNOSTICISM_SCHEMA)}, counts
 
 
@@ -276,15 +304,34 @@ def batches(n: int, batch_size: int) -> list[list[int]]:
     return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
 
-def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, progress: bool = True,
-        results_root: str | Path = DEFAULT_RESULTS, report: bool = True) -> Path:
-    """Run a benchmark spec and return its run directory. Raises UsageError before writing anything."""
-    from tqdm.auto import tqdm
+SORT_KEYS = {
+    "localization": ["source_model", "method", "image_index"],
+    "agnosticism": ["source_model", "method", "eval_model", "variant", "image_index"],
+}
 
-    started = _dt.datetime.now(_dt.timezone.utc)
-    t0 = time.perf_counter()
-    resolved = resolve(spec)
-    root = Path(results_root)
+
+def evaluate_with_retry(evaluator: Evaluator, batch, counts: dict[str, int]) -> dict[str, pa.Table]:
+    """Evaluate a batch; on device out-of-memory split it in halves and retry (recorded in counts).
+
+    Rows are sorted canonically, so a split batch writes exactly the rows of an unsplit one.
+    """
+    try:
+        tables, c = evaluator.evaluate_batch(batch)
+    except torch.cuda.OutOfMemoryError:
+        if len(batch) == 1:
+            raise
+        torch.cuda.empty_cache()
+        counts["oom_splits"] = counts.get("oom_splits", 0) + 1
+        half = len(batch) // 2
+        parts = [evaluate_with_retry(evaluator, batch.select(list(range(half))), counts),
+                 evaluate_with_retry(evaluator, batch.select(list(range(half, len(batch)))), counts)]
+        return {k: pa.concat_tables([p[k] for p in parts]).sort_by([(c, "ascending") for c in SORT_KEYS[k]]) for k in parts[0]}
+    for k, v in c.items():
+        counts[k] = counts.get(k, 0) + v
+    return {k: t.sort_by([(c, "ascending") for c in SORT_KEYS[k]]) for k, t in tables.items()}
+
+
+def _choose_run_dir(resolved: ResolvedRun, out: str | Path | None, resume: bool, root: Path) -> tuple[Path, dict[str, Any] | None]:
     if out is not None:
         run_dir = Path(out)
     elif resume:
@@ -301,58 +348,97 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
         previous = read_run_json(run_dir)
         if previous.get("hash") != resolved.hash:
             raise UsageError(f"--resume: {str(run_dir)!r} holds run {previous.get('run_id')} with a different spec; not mixing results")
+    elif run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"output path {str(run_dir)!r} exists and is not a directory")
+    return run_dir, previous
+
+
+def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, progress: bool = True,
+        results_root: str | Path = DEFAULT_RESULTS, report: bool = True) -> Path:
+    """Run a benchmark spec and return its run directory. Raises UsageError before writing anything.
+
+    Under torchrun, each rank evaluates its share of the batches (see ``salbench.distributed``).
+    """
+    from tqdm.auto import tqdm
+
+    from salbench import distributed
+    from salbench.results import progress_info
+
+    started = _dt.datetime.now(_dt.timezone.utc)
+    t0 = time.perf_counter()
+    resolved = resolve(spec)
     device = resolve_device(spec.device)
-    if device.type == "cpu":
+    shard = distributed.init_from_env(device.type)
+    if device.type == "cuda" and shard.world_size > 1:
+        device = torch.device("cuda", shard.local_rank)
+    choice: tuple[Any, ...]
+    if shard.is_main:
+        try:
+            choice = (*_choose_run_dir(resolved, out, resume, Path(results_root)), None)
+        except UsageError as exc:
+            choice = (None, None, str(exc))
+    else:
+        choice = (None, None, None)
+    run_dir, previous, error = distributed.broadcast(choice, shard)
+    if error:
+        distributed.shutdown(shard)
+        raise UsageError(error)
+    run_dir = Path(run_dir)
+    if device.type == "cpu" and shard.world_size == 1:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     evaluator = Evaluator(resolved, device, progress=progress)
-    run_dir.mkdir(parents=True, exist_ok=True)
     writer = RunWriter(run_dir)
-    cleaned = writer.clean_partial()
-    done = writer.completed()
     n = resolved.config["num_images"]
     all_batches = batches(n, spec.batch_size)
-    pending = [i for i in range(len(all_batches)) if i not in done]
-    meta = {
-        "run_id": resolved.run_id,
-        "hash": resolved.hash,
-        "spec": resolved.config,
-        "dataset": resolved.dataset.describe(),
-        "classifiers": {k: v.describe() for k, v in evaluator.classifiers.items()},
-        "not_applicable": [{"method": m, "model": s, "reason": why} for (m, s), why in sorted(evaluator.not_applicable.items())],
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "device": device_name(device),
-        "command": " ".join(sys.argv),
-        "status": "running",
-        "started": (previous or {}).get("started", started.isoformat()),
-        "resumed": ([*(previous or {}).get("resumed", []), {"at": started.isoformat(), "batches_done": len(done), "partial_files_removed": cleaned}] if previous else []),
-        "num_batches": len(all_batches),
-    }
-    atomic_write_json(run_dir / "run.json", meta)
+    meta: dict[str, Any] = {}
+    if shard.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cleaned = writer.clean_partial()
+        done = writer.completed()
+        meta = {
+            "run_id": resolved.run_id,
+            "hash": resolved.hash,
+            "spec": resolved.config,
+            "dataset": resolved.dataset.describe(),
+            "classifiers": {k: v.describe() for k, v in evaluator.classifiers.items()},
+            "not_applicable": [{"method": m, "model": s, "reason": why} for (m, s), why in sorted(evaluator.not_applicable.items())],
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "device": device_name(device),
+            "world_size": shard.world_size,
+            "command": " ".join(sys.argv),
+            "status": "running",
+            "started": (previous or {}).get("started", started.isoformat()),
+            "resumed": ([*(previous or {}).get("resumed", []), {"at": started.isoformat(), "batches_done": len(done), "partial_files_removed": cleaned}] if previous else []),
+            "num_batches": len(all_batches),
+        }
+        atomic_write_json(run_dir / "run.json", meta)
+    distributed.barrier(shard)
+    done = writer.completed()
+    pending = [i for i in range(len(all_batches)) if i not in done and shard.owns(i)]
 
-    counts = {"maps": 0, "errors": 0}
-    loader = torch.utils.data.DataLoader(
-        resolved.dataset, batch_sampler=[all_batches[i] for i in pending], collate_fn=collate, num_workers=spec.workers
-    )
-    bar = tqdm(zip(pending, loader), total=len(pending), desc=f"salbench run {resolved.run_id}", unit="batch", disable=not progress, dynamic_ncols=True)
+    counts: dict[str, int] = {"maps": 0, "errors": 0}
+    loader = torch.utils.data.DataLoader(resolved.dataset, batch_sampler=[all_batches[i] for i in pending], collate_fn=collate, num_workers=spec.workers)
+    desc = f"salbench run {resolved.run_id}" + (f" [rank {shard.rank}/{shard.world_size}]" if shard.world_size > 1 else "")
+    bar = tqdm(zip(pending, loader), total=len(pending), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)
     for unit, batch in bar:
-        tables, c = evaluator.evaluate_batch(batch)
-        writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), **c})
-        for k in counts:
-            counts[k] += c[k]
+        before = dict(counts)
+        tables = evaluate_with_retry(evaluator, batch, counts)
+        writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, **{k: counts[k] - before.get(k, 0) for k in counts}})
         bar.set_postfix(maps=counts["maps"], errors=counts["errors"])
+    distributed.barrier(shard)
+    if shard.is_main:
+        totals: dict[str, int] = {}
+        for info in progress_info(run_dir):
+            for k, v in info.items():
+                if k not in ("unit", "rank"):
+                    totals[k] = totals.get(k, 0) + int(v)
+        meta.update(status="complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
+        atomic_write_json(run_dir / "run.json", meta)
+        if report:
+            from salbench.report import write_leaderboard
 
-    from salbench.results import progress_info
-
-    totals = {"maps": 0, "errors": 0, "images": 0}
-    for info in progress_info(run_dir):
-        for k in totals:
-            totals[k] += int(info.get(k, 0))
-    meta.update(status="complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
-    atomic_write_json(run_dir / "run.json", meta)
-    if report:
-        from salbench.report import write_leaderboard
-
-        write_leaderboard([run_dir], run_dir)
+            write_leaderboard([run_dir], run_dir)
+    distributed.shutdown(shard)
     return run_dir

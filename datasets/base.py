@@ -41,6 +41,7 @@ class Batch:
     boxes: torch.Tensor
     box_valid: torch.Tensor
     gt_masks: torch.Tensor | None = None
+    errors: list[str | None] | None = None  # per image: why it could not be loaded (an error row)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -67,6 +68,7 @@ class Batch:
             boxes=self.boxes[idx.to(self.boxes.device)],
             box_valid=self.box_valid[idx.to(self.box_valid.device)],
             gt_masks=None if self.gt_masks is None else self.gt_masks[idx.to(self.gt_masks.device)],
+            errors=None if self.errors is None else [self.errors[i] for i in idx.tolist()],
         )
 
 
@@ -92,6 +94,7 @@ def collate(samples: list[Sample]) -> Batch:
         boxes=boxes,
         box_valid=valid,
         gt_masks=masks,
+        errors=[s.meta.get("error") for s in samples] if any(s.meta.get("error") for s in samples) else None,
     )
 
 

@@ -1,7 +1,7 @@
 """Images on disk with ground-truth boxes: the shared machinery and the generic image folder.
 
 ``BoxImageDataset`` is the base of every file-backed dataset (this module's ``ImageFolderBoxes``
-and ``salbench.datasets.imagenet.ImageNetVal``). It fixes three things.
+and ``salbench.datasets.imagenet.ImageNetVal``). It fixes four things.
 
 **Preprocessing** (DESIGN.md, "Metrics"): resize the shorter side to ``resize`` (default: equal
 to ``size``, 224), the longer side to ``int(resize * long / short)`` (torchvision's
@@ -30,12 +30,18 @@ had none) is **skipped** and counted as ``skipped["no_box_in_crop"]`` (``skipped
 localisation cannot score it. ``keep_empty=1`` keeps such images with an empty (0, 4) box list
 instead (``box_stats["images_without_box"]``), for classification-only use.
 
+``box_stats`` counts per-box events over the images kept: ``invalid`` (x1 <= x0, y1 <= y0 or
+not finite in the source: dropped), ``outside_image``, ``clipped_to_crop``,
+``dropped_outside_crop``, ``other_class`` (ImageNet: a box of another synset than the label),
+``images_without_box`` and ``rescaled_from_annotated_size`` (per image).
+
 **Bad input never kills a run halfway.** Construction indexes and validates everything that is
 cheap (annotations, labels, file headers) and counts what it leaves out in ``skipped[reason]``:
 
 * ``no_annotation``        an image with no annotation record;
 * ``no_box``               a record without any usable box (after dropping invalid boxes);
 * ``label_conflict``       two label sources disagree (e.g. an XML class vs the CSV label);
+* ``no_label``             records without any class (e.g. an XML file with no object);
 * ``bad_annotation``       an annotation record that cannot be parsed;
 * ``unreadable_image``     the file header is not an image (``verify=header``, the default);
 * ``corrupt_image``        the file does not decode (only with ``verify=full``);
@@ -342,11 +348,11 @@ class BoxImageDataset(SaliencyDataset):
         self.entries: list[Entry] = []
 
     # ------------------------------------------------------------------ selection
-    def _select(self, candidates: list[str], resolve: Callable[[str], tuple[str, int, np.ndarray, tuple[int, int] | None]]) -> None:
+    def _select(self, candidates: list[str], resolve: Callable[[str], tuple[Any, ...]]) -> None:
         """Validate candidates in subset order until ``limit`` are kept; fill ``self.entries``.
 
-        ``resolve(id)`` returns (path, label, boxes in pixel edges, annotated size or None) or
-        raises ``Skip``.
+        ``resolve(id)`` returns (path, label, boxes in pixel edges, annotated size or None[,
+        box_stats to add if the image is kept]) or raises ``Skip``.
         """
         opts = self.options
         order = np.arange(len(candidates)) if opts.subset_seed is None else np.random.default_rng(opts.subset_seed).permutation(len(candidates))
@@ -356,9 +362,13 @@ class BoxImageDataset(SaliencyDataset):
                 break
             cid = candidates[int(i)]
             try:
-                entries.append(self._validate(cid, *resolve(cid)))
+                path, label, boxes, ref_size, *extra = resolve(cid)
+                entries.append(self._validate(cid, path, label, boxes, ref_size))
             except Skip as s:
                 _bump(self.skipped, s.reason)
+                continue
+            for key, n in (extra[0] if extra else {}).items():
+                _bump(self.box_stats, key, n)
         entries.sort(key=lambda e: e.id)
         self.entries = entries
 
@@ -366,7 +376,7 @@ class BoxImageDataset(SaliencyDataset):
         opts = self.options
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & np.isfinite(boxes).all(axis=1)
-        _bump(self.box_stats, "invalid", int((~valid).sum()))
+        n_invalid = int((~valid).sum())
         boxes = boxes[valid]
         if boxes.shape[0] == 0 and not opts.keep_empty:
             raise Skip("no_box")
@@ -392,6 +402,7 @@ class BoxImageDataset(SaliencyDataset):
         if mapped.shape[0] == 0 and not opts.keep_empty:
             raise Skip("no_box_in_crop")
         # Counted only for images the dataset keeps: they describe what the benchmark sees.
+        _bump(self.box_stats, "invalid", n_invalid)
         _bump(self.box_stats, "outside_image", int(outside.sum()))
         _bump(self.box_stats, "dropped_outside_crop", n_dropped + int((~keep).sum()))
         _bump(self.box_stats, "clipped_to_crop", n_clipped)
@@ -583,12 +594,21 @@ class ImageFolderBoxes(BoxImageDataset):
         self,
         root: str | Path,
         boxes: str | Path | None = None,
-        classes: list[str] | None = None,
+        classes: list[str] | str | None = None,
         num_classes: int | None = None,
         box_format: str = "edges",
         options: CommonOptions | None = None,
     ):
         self._setup(options or CommonOptions())
+        classes_spec: str | None = None
+        if isinstance(classes, str):
+            classes_spec = classes.strip()
+            classes = load_class_list(classes_spec)
+            if classes_spec != "imagenet" and "," not in classes_spec:
+                classes_spec = str(Path(classes_spec).expanduser().resolve())
+        elif classes is not None:
+            classes = [str(c) for c in classes]
+            classes_spec = ",".join(classes)
         root = Path(root).expanduser()
         if not root.is_dir():
             raise UsageError(f"folder dataset: {str(root)!r} is not a folder")
@@ -638,8 +658,8 @@ class ImageFolderBoxes(BoxImageDataset):
         del self._rows, self._to_index, self._by_rel
         self._check_nonempty(f"folder {str(self.root)!r} with boxes {str(self.boxes_path)!r}")
         items: list[tuple[str, Any]] = [("boxes", self.boxes_path)]
-        if classes is not None and json_classes is None:
-            items.append(("classes", ",".join(self.class_names) if len(self.class_names) <= 20 else _classes_key(classes)))
+        if classes_spec is not None:
+            items.append(("classes", classes_spec))
         if num_classes is not None:
             items.append(("num_classes", num_classes))
         if box_format != "edges":
@@ -712,12 +732,6 @@ class ImageFolderBoxes(BoxImageDataset):
         return str(self._by_rel[rel]), labels.pop(), edges, (refs.pop() if refs else None)
 
 
-def _classes_key(classes: list[str]) -> str:
-    import hashlib
-
-    return "sha1-" + hashlib.sha1("\n".join(classes).encode()).hexdigest()[:12]
-
-
 def from_spec(arg: str | None, params: dict[str, str]) -> ImageFolderBoxes:
     """``folder:/path?boxes=boxes.csv&classes=...&limit=...`` -> ``ImageFolderBoxes``.
 
@@ -731,7 +745,7 @@ def from_spec(arg: str | None, params: dict[str, str]) -> ImageFolderBoxes:
         raise UsageError("folder dataset needs a path: folder:/path/to/images?boxes=boxes.csv")
     check_keys("folder", params, (*KNOWN_COMMON, "boxes", "classes", "num_classes", "box_format"))
     options = CommonOptions.pop_from("folder", params)
-    classes = load_class_list(params["classes"]) if "classes" in params else None
+    classes = params["classes"] if "classes" in params else None
     num_classes = parse_int("folder", "num_classes", params["num_classes"], 1) if "num_classes" in params else None
     box_format = parse_choice("folder", "box_format", params.get("box_format", "edges"), BOX_FORMATS)
     return ImageFolderBoxes(arg, boxes=params.get("boxes") or None, classes=classes, num_classes=num_classes, box_format=box_format, options=options)

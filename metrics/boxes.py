@@ -124,10 +124,34 @@ def largest_component(b: torch.Tensor) -> torch.Tensor:
     return ((lab == root[:, None]) & fg).view(bsz, h, w)
 
 
+def _largest_box_cv2(mask: np.ndarray) -> tuple[float, float, float, float, bool]:
+    """One image on the CPU: OpenCV labels components in raster order of their first pixel."""
+    import cv2
+
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=4)
+    if n <= 1:
+        return (0.0, 0.0, 0.0, 0.0, False)
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))  # first maximum: raster-order tie-break
+    x, y, w, h = (int(v) for v in stats[k, :4])
+    return (float(x), float(y), float(x + w), float(y + h), True)
+
+
 @BOX_RULES.register("largest")
 def largest_box(b: torch.Tensor, saliency=None, images=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tight box around the largest 4-connected component (the default; the CASM protocol)."""
-    return tight_boxes(largest_component(b))
+    """Tight box around the largest 4-connected component (the default; the CASM protocol).
+
+    On accelerators the batched labelling runs on the device. On the CPU, OpenCV's single-pass
+    labelling per image (in a thread pool; it releases the GIL) is ~100x faster than iterating
+    tensor propagation there; both give the same boxes (tested).
+    """
+    if b.device.type != "cpu":
+        return tight_boxes(largest_component(b))
+    check_maps(b, "masks")
+    masks = b.bool().contiguous().numpy()
+    res = thread_map(_largest_box_cv2, list(masks)) if len(masks) > 8 else [_largest_box_cv2(m) for m in masks]
+    boxes = torch.tensor([r[:4] for r in res], dtype=torch.float32).view(-1, 4)
+    valid = torch.tensor([r[4] for r in res], dtype=torch.bool)
+    return boxes, valid
 
 
 @BOX_RULES.register("all")

@@ -106,7 +106,7 @@ def test_gradient_of_a_linear_model_is_max_abs_weight():
 
 def test_gradcam_on_gap_linear_cnn_equals_cam():
     """For a GAP + linear head, Grad-CAM weights are w_c / (h*w): the map is CAM up to scale."""
-    from conftest import make_classifier
+    from testutils import make_classifier
 
     clf = make_classifier("test_resnet")
     x = torch.rand(3, 3, 32, 32)
@@ -122,7 +122,7 @@ def test_gradcam_on_gap_linear_cnn_equals_cam():
 
 
 def test_controls_ignore_the_classifier(images):
-    from conftest import make_classifier
+    from testutils import make_classifier
 
     x, t, idx = images
     a, b = make_classifier("test_resnet", seed=0), make_classifier("test_resnet", seed=1)

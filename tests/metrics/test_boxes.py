@@ -248,3 +248,21 @@ def test_images_in_a_batch_do_not_connect(device):
     assert boxes.cpu().tolist() == [[0.0, 3.0, 5.0, 4.0], [1.0, 0.0, 4.0, 1.0]]
     lab = label_components(b.to(device)).cpu()
     assert lab[1, 0, 1] == 1 and lab[0, 3, 0] == 15
+
+
+def test_cpu_opencv_path_matches_batched_labelling():
+    """The CPU fast path (OpenCV) and the batched device algorithm give identical boxes, ties included."""
+    from salbench.metrics.boxes import largest_box, largest_component, tight_boxes
+
+    g = torch.Generator().manual_seed(1)
+    b = torch.rand(64, 24, 31, generator=g) > 0.55
+    # exact ties: two equal squares, the first in raster order must win
+    tie = torch.zeros(1, 24, 31, dtype=torch.bool)
+    tie[0, 10:14, 20:24] = True
+    tie[0, 2:6, 25:29] = True
+    b = torch.cat([b, tie, torch.zeros(1, 24, 31, dtype=torch.bool)])
+    fast, fast_valid = largest_box(b)
+    ref, ref_valid = tight_boxes(largest_component(b))
+    assert torch.equal(fast_valid, ref_valid)
+    assert torch.equal(fast, ref)
+    assert fast[-2].tolist() == [25.0, 2.0, 29.0, 6.0]

@@ -1,0 +1,199 @@
+"""Generic image folder with a boxes CSV/JSON: class tables, box mapping, bad input, specs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from salbench.datasets import build_dataset
+from salbench.datasets.folder import CommonOptions, CropGeometry, ImageFolderBoxes, from_spec
+from salbench.errors import UsageError
+
+
+def close(t: torch.Tensor, expected, atol: float = 1e-4) -> None:
+    np.testing.assert_allclose(t.numpy(), np.asarray(expected, dtype=np.float64), rtol=0, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, jpeg) -> Path:
+    """cats/dogs in nested folders; boxes in pixel edges."""
+    write_jpeg = jpeg
+    root = tmp_path_factory.mktemp("folder")
+    write_jpeg(root / "a" / "cat1.jpg", (480, 320), [(20, 10, 200, 100)])  # -> 336x224, left 56
+    write_jpeg(root / "a" / "dog1.jpg", (200, 200), [(50, 50, 150, 150)])  # -> scale 1.12
+    write_jpeg(root / "b" / "cat2.png", (320, 480), [(100, 200, 220, 300)], mode="L")  # portrait, top 56
+    write_jpeg(root / "b" / "lonely.jpg", (100, 100))  # no row in the CSV
+    (root / "notes.txt").write_text("not an image")
+    rows = [
+        "image,label,x0,y0,x1,y1",
+        "a/cat1.jpg,cat,20,10,200,100",
+        "a/cat1.jpg,cat,0,0,60,60",  # falls left of the crop: dropped
+        "a/dog1.jpg,dog,50,50,150,150",
+        "cat2.png,cat,100,200,220,300",  # bare file name, unique in the folder
+        "missing.jpg,dog,1,1,5,5",  # no such image
+    ]
+    (root / "boxes.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_csv_folder(folder):
+    ds = ImageFolderBoxes(folder)
+    assert [e.id for e in ds.entries] == ["a/cat1.jpg", "a/dog1.jpg", "b/cat2.png"]
+    assert ds.class_names == ["cat", "dog"] and ds.num_classes == 2
+    assert [e.label for e in ds.entries] == [0, 1, 0]
+    assert ds.skipped == {"no_annotation": 1}
+    assert ds.describe()["unmatched_annotations"] == {"count": 1, "first": ["missing.jpg"]}
+    assert ds.converted == {"L": 1}
+    assert ds.box_stats == {"clipped_to_crop": 1, "dropped_outside_crop": 1}
+    cat, dog, cat2 = ds[0], ds[1], ds[2]
+    close(cat.boxes, [[0.0, 7.0, 84.0, 70.0]])  # 14-56 -> 0, 10*0.7, 200*0.7-56, 100*0.7
+    close(dog.boxes, [[56.0, 56.0, 168.0, 168.0]])
+    close(cat2.boxes, [[70.0, 140.0 - 56, 154.0, 210.0 - 56]])
+    assert cat2.meta == {"converted": "L"} and cat2.image.shape == (3, 224, 224)
+    # The red box is where the mapped box says.
+    x0, y0, x1, y1 = dog.boxes[0].tolist()
+    assert dog.image[0, int((y0 + y1) / 2), int((x0 + x1) / 2)] > 0.8
+    assert dog.image[0, int(y0) - 3, int(x0) - 3] < 0.6
+
+
+def test_json_equals_csv(folder, tmp_path):
+    records = {
+        "classes": ["cat", "dog"],
+        "images": [
+            {"image": "a/cat1.jpg", "label": "cat", "boxes": [[20, 10, 200, 100], [0, 0, 60, 60]]},
+            {"image": "a/dog1.jpg", "label": 1, "x0": 50, "y0": 50, "x1": 150, "y1": 150},
+            {"image": "b/cat2.png", "label": "cat", "boxes": [[100, 200, 220, 300]]},
+        ],
+    }
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps(records))
+    js, cs = ImageFolderBoxes(folder, boxes=path), ImageFolderBoxes(folder)
+    assert [e.id for e in js.entries] == [e.id for e in cs.entries]
+    for i in range(len(js)):
+        assert js[i].label == cs[i].label
+        close(js[i].boxes, cs[i].boxes.numpy())
+
+
+def test_class_lists_and_integer_labels(folder, tmp_path):
+    ds = from_spec(str(folder), {"classes": "dog,cat,bird"})
+    assert ds.class_names == ["dog", "cat", "bird"] and [e.label for e in ds.entries] == [1, 0, 1]
+    names = tmp_path / "classes.txt"
+    names.write_text("bird\ncat\ndog\n")
+    assert from_spec(str(folder), {"classes": str(names)}).num_classes == 3
+    ints = tmp_path / "ints.csv"
+    ints.write_text("image,label,x0,y0,x1,y1\na/cat1.jpg,281,20,10,200,100\na/dog1.jpg,207,50,50,150,150\n")
+    ds = from_spec(str(folder), {"boxes": str(ints), "num_classes": "1000"})
+    assert ds.num_classes == 1000 and [e.label for e in ds.entries] == [281, 207]
+    assert from_spec(str(folder), {"boxes": str(ints)}).num_classes == 282
+    wnids = tmp_path / "wnids.csv"
+    wnids.write_text("image,label,x0,y0,x1,y1\na/dog1.jpg,n02119789,50,50,150,150\n")
+    ds = from_spec(str(folder), {"boxes": str(wnids), "classes": "imagenet"})
+    assert ds.num_classes == 1000 and ds.entries[0].label == 278
+
+
+def test_label_conflicts_and_label_only_rows(folder, tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text("image,label,x0,y0,x1,y1\na/cat1.jpg,cat,20,10,200,100\na/cat1.jpg,dog,20,10,200,100\na/dog1.jpg,dog,,,,\nb/cat2.png,cat,100,200,220,300\n")
+    ds = ImageFolderBoxes(folder, boxes=p)
+    assert [e.id for e in ds.entries] == ["b/cat2.png"]
+    assert ds.skipped == {"label_conflict": 1, "no_box": 1, "no_annotation": 1}
+    keep = ImageFolderBoxes(folder, boxes=p, options=CommonOptions(keep_empty=True))
+    assert [e.id for e in keep.entries] == ["a/dog1.jpg", "b/cat2.png"] and keep[0].boxes.shape == (0, 4)
+
+
+def test_corrupt_file_in_folder_is_an_error_sample(tmp_path, jpeg):
+    jpeg(tmp_path / "ok.jpg", (64, 48), [(4, 4, 40, 40)])
+    data = (tmp_path / "ok.jpg").read_bytes()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "bad.jpg", quality=95)
+    raw = (tmp_path / "bad.jpg").read_bytes()
+    (tmp_path / "bad.jpg").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "boxes.csv").write_text("image,label,x0,y0,x1,y1\nok.jpg,a,4,4,40,40\nbad.jpg,b,8,8,56,56\n")
+    assert data
+    ds = ImageFolderBoxes(tmp_path, options=CommonOptions(size=32))
+    bad = ds[0]
+    assert bad.id == "bad.jpg" and "corrupt image" in bad.meta["error"] and bad.image.shape == (3, 32, 32)
+    close(bad.boxes, [[4.0, 4.0, 28.0, 28.0]])  # 64x64 -> 32x32: halved
+    assert "error" not in ds[1].meta
+    full = ImageFolderBoxes(tmp_path, options=CommonOptions(size=32, verify="full"))
+    assert [e.id for e in full.entries] == ["ok.jpg"] and full.skipped == {"corrupt_image": 1}
+
+
+def test_width_height_columns_rescale_boxes(tmp_path, jpeg):
+    jpeg(tmp_path / "half.jpg", (100, 100), [(10, 10, 50, 50)])
+    (tmp_path / "boxes.csv").write_text("image,label,x0,y0,x1,y1,width,height\nhalf.jpg,a,20,20,100,100,200,200\n")
+    ds = ImageFolderBoxes(tmp_path, options=CommonOptions(size=100))
+    close(ds[0].boxes, [[10.0, 10.0, 50.0, 50.0]])
+    assert ds.box_stats["rescaled_from_annotated_size"] == 1
+
+
+def test_spec_round_trip(folder):
+    ds = from_spec(str(folder), {"limit": "2", "size": "64", "classes": "cat,dog"})
+    assert len(ds) == 2 and ds.image_size == (64, 64)
+    again = build_dataset(ds.spec)
+    assert again.spec == ds.spec and [e.id for e in again.entries] == [e.id for e in ds.entries]
+    assert build_dataset(f"folder:{folder}?boxes=boxes.csv").num_classes == 2
+
+
+@pytest.mark.parametrize(
+    "params, needle",
+    [
+        ({"boxes": "nope.csv"}, "nope.csv"),
+        ({"classes": "only_one_name"}, "only_one_name"),
+        ({"num_classes": "x"}, "num_classes='x'"),
+        ({"box_format": "xywh"}, "'xywh'"),
+        ({"subset_seed": "-1"}, "subset_seed='-1'"),
+        ({"interpolation": "cubic"}, "did you mean: bicubic"),
+        ({"boxs": "a.csv"}, "did you mean: boxes"),
+        ({"classes": "dog,bird"}, "label 'cat'"),
+    ],
+)
+def test_bad_params(folder, params, needle):
+    with pytest.raises(UsageError) as exc:
+        from_spec(str(folder), params)
+    assert needle in str(exc.value)
+
+
+def test_bad_boxes_files(folder, tmp_path):
+    p = tmp_path / "cols.csv"
+    p.write_text("file,label\na/cat1.jpg,cat\n")
+    with pytest.raises(UsageError, match=r"lacks column\(s\) \['image'"):
+        ImageFolderBoxes(folder, boxes=p)
+    p.write_text("image,label,x0,y0,x1,y1\na/cat1.jpg,cat,1,2,three,4\n")
+    with pytest.raises(UsageError, match="cols.csv line 2: x1='three'"):
+        ImageFolderBoxes(folder, boxes=p)
+    p.write_text("image,label,x0,y0,x1,y1\na/cat1.jpg,cat,1,2,3,4\na/dog1.jpg,7,1,2,3,4\n")
+    with pytest.raises(UsageError, match="mixes class names and integer labels"):
+        ImageFolderBoxes(folder, boxes=p)
+    with pytest.raises(UsageError, match="is not a folder"):
+        from_spec(str(tmp_path / "nowhere"), {})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no boxes.csv"):
+        from_spec(str(tmp_path / "empty"), {})
+
+
+def test_pixels_match_torchvision_resize_and_center_crop(tmp_path):
+    from torchvision import transforms as T
+
+    rng = np.random.default_rng(1)
+    rows = ["image,label,x0,y0,x1,y1"]
+    for k, (w, h) in enumerate([(500, 375), (375, 500), (333, 333), (640, 427), (601, 299)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{k}.png")
+        rows.append(f"{k}.png,a,0,0,{w},{h}")
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    ds = ImageFolderBoxes(tmp_path, options=CommonOptions(size=224, resize=256))
+    tv = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor()])
+    g = CropGeometry(224, 256)
+    for i in range(len(ds)):
+        s = ds[i]
+        with Image.open(tmp_path / s.id) as im:
+            ref = tv(im.convert("RGB"))
+            new_w, new_h, left, top = g.plan(*im.size)
+        assert torch.equal(s.image, ref)
+        # The whole-image box maps to the resized image shifted by the crop offset, clipped.
+        close(s.boxes, [[max(0, -left), max(0, -top), min(224, new_w - left), min(224, new_h - top)]])
