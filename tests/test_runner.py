@@ -1,0 +1,136 @@
+"""End to end on tiny zoo classifiers: tables, run.json, determinism, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from salbench.config import RunSpec
+from salbench.results import read_table
+
+TINY = textwrap.dedent(
+    """
+    from salbench.datasets.synthetic import SyntheticConfig
+    from salbench.zoo import ZooRecipe, register_recipe
+    DATA = SyntheticConfig(size=32)
+    register_recipe(ZooRecipe(name="tiny-cnn", arch="test_resnet", data=DATA, train_images=512, steps=25,
+                              batch_size=64, val_images=64, min_val_top1=0.0))
+    register_recipe(ZooRecipe(name="tiny-vit", arch="test_vit", model_kwargs=dict(img_size=32, patch_size=8),
+                              data=DATA, train_images=512, steps=25, batch_size=64, val_images=64, lr=1e-3, min_val_top1=0.0))
+    """
+)
+exec(TINY)
+
+SPEC = dict(dataset="synthetic?n=24&size=32", models=["zoo:tiny-*"], batch_size=8, device="cpu",
+            methods=["gradient", "gradcam", "centre", "full", "random"])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from salbench.runner import run
+
+    out = tmp_path_factory.mktemp("runs") / "a"
+    run(RunSpec(**SPEC), out, progress=False)
+    return out
+
+
+def test_tables_have_the_documented_columns_and_rows(tiny_run):
+    loc = read_table(tiny_run, "localization")
+    agn = read_table(tiny_run, "agnosticism")
+    for col in ["run_id", "dataset", "image_id", "label", "method", "source_model", "binarize", "box", "le", "om", "f1",
+                "precision", "recall", "area", "tv", "entropy", "source_correct", "error"]:
+        assert col in loc.columns
+    for col in ["run_id", "dataset", "image_id", "label", "method", "source_model", "eval_model", "variant", "inpaint",
+                "top1", "top5", "ce", "entropy", "error"]:
+        assert col in agn.columns
+    assert len(loc) == 24 * 5 * 2  # images x methods x sources
+    assert len(agn) == 24 * 5 * 2 * 2 * 4  # x eval models x variants
+    assert loc["error"].isna().all() and agn["error"].isna().all()
+    assert not loc.duplicated(["image_id", "method", "source_model"]).any()
+    assert set(agn["variant"]) == {"original", "masked_in", "masked_out", "inpainted"}
+    assert (agn["inpaint"] == "telea").all()
+    # metrics recomputed from the rows: LE is 0/1, OM >= LE, OM = 1 whenever the source is wrong
+    assert set(loc["le"].unique()) <= {0.0, 1.0}
+    assert (loc["om"] >= loc["le"]).all()
+    assert (loc.loc[~loc["source_correct"], "om"] == 1).all()
+    # the full-image control keeps everything: masked-in equals the original prediction
+    full = agn[agn["method"] == "full"].pivot_table(index=["image_id", "source_model", "eval_model"], columns="variant", values="top1")
+    assert np.allclose(full["masked_in"], full["original"])
+
+
+def test_run_json_records_provenance(tiny_run):
+    meta = json.loads((tiny_run / "run.json").read_text())
+    assert meta["status"] == "complete"
+    assert meta["spec"]["methods"] == SPEC["methods"]
+    assert meta["spec"]["models"] == ["zoo:tiny-cnn", "zoo:tiny-vit"]
+    assert len(meta["hash"]) == 64 and meta["run_id"] == meta["hash"][:12]
+    assert {"torch", "timm", "salbench"} <= set(meta["versions"])
+    assert meta["counts"]["images"] == 24 * 1 and meta["counts"]["errors"] == 0
+    assert all("weights_sha256" in c for c in meta["classifiers"].values())
+    assert (tiny_run / "leaderboard.md").exists()
+
+
+def test_same_spec_same_tables_whatever_the_batch_size(tiny_run, tmp_path):
+    from salbench.runner import run
+
+    other = run(RunSpec(**{**SPEC, "batch_size": 5}), tmp_path / "b", progress=False)
+    key = ["source_model", "method", "image_id"]
+    a = read_table(tiny_run, "localization").drop(columns=["run_id"]).sort_values(key).reset_index(drop=True)
+    b = read_table(other, "localization").drop(columns=["run_id"]).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.drop(columns=["box"]), b.drop(columns=["box"]), atol=1e-5, rtol=0)
+    assert np.allclose(np.stack(a["box"]), np.stack(b["box"]))
+
+
+def _run_script(out: Path) -> str:
+    return TINY + textwrap.dedent(
+        f"""
+        import sys
+        from salbench.config import RunSpec
+        from salbench.runner import run
+        run(RunSpec(**{SPEC!r}), {str(out)!r}, resume="--resume" in sys.argv, progress=False)
+        """
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(tiny_run, tmp_path):
+    out = tmp_path / "killed"
+    script = tmp_path / "run.py"
+    script.write_text(_run_script(out))
+    env = dict(os.environ)
+    kills = 0
+    for _ in range(2):  # kill twice at different points, then finish
+        proc = subprocess.Popen([sys.executable, str(script), "--resume"], env=env)
+        deadline = time.time() + 120
+        target = 1 + kills
+        while time.time() < deadline and proc.poll() is None:
+            done = len(list((out / "_progress").glob("*.json"))) if (out / "_progress").exists() else 0
+            if done >= target:
+                break
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1, "the run finished before it could be killed"
+    subprocess.run([sys.executable, str(script), "--resume"], env=env, check=True)
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "complete" and len(meta["resumed"]) >= 1
+    for table, key in (("localization", ["source_model", "method", "image_id"]),
+                       ("agnosticism", ["source_model", "method", "eval_model", "variant", "image_id"])):
+        a = read_table(tiny_run, table).drop(columns=["run_id"]).sort_values(key).reset_index(drop=True)
+        b = read_table(out, table).drop(columns=["run_id"]).sort_values(key).reset_index(drop=True)
+        assert len(a) == len(b)
+        assert not b.duplicated(key).any()
+        cols = [c for c in a.columns if c != "box"]
+        pd.testing.assert_frame_equal(a[cols], b[cols])
