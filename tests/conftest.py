@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -18,9 +19,12 @@ def classifier(request):
     return make_classifier(arch, **kw)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    """Tests never touch the user's cache: $SALBENCH_HOME is a per-session temp dir."""
-    if "SALBENCH_TEST_HOME" not in os.environ:
-        os.environ["SALBENCH_TEST_HOME"] = str(tmp_path_factory.mktemp("salbench_home"))
-    monkeypatch.setenv("SALBENCH_HOME", os.environ["SALBENCH_TEST_HOME"])
+# Tests never touch the user's cache: one temporary $SALBENCH_HOME for the whole session, set at
+# import time so that module- and session-scoped fixtures and subprocesses see it too.
+os.environ["SALBENCH_HOME"] = tempfile.mkdtemp(prefix="salbench-test-home-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(os.environ["SALBENCH_HOME"], ignore_errors=True)
