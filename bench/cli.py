@@ -138,15 +138,33 @@ def zoo_build(names, force) -> None:
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Where to write the report (default: the single run dir, or ./report).")
-def report(run_dirs, out) -> None:
-    """Leaderboard from one or more run directories' Parquet tables."""
-    from salbench.report import write_leaderboard
+@click.option("--paired", multiple=True, metavar="A,B", help="Paired comparison of two methods on the same images (difference + bootstrap interval); repeatable.")
+@click.option("--paired-metric", "paired_metrics", multiple=True, metavar="METRIC",
+              help="Metric(s) for --paired (default: le, om, f1, masked_in_top1, masked_out_top1, inpainted_top1); e.g. le, f1, inpainted_top1, masked_out_top1_self.")
+@click.option("--methods", help="Comma-separated methods/wildcards to show (control rows are always shown).")
+@click.option("--no-qualitative", is_flag=True, help="Skip the qualitative figure (it reloads the source classifier and recomputes a few maps).")
+@click.option("--qualitative-images", type=click.IntRange(1, 16), default=3, show_default=True, help="Images in the qualitative figure.")
+@click.option("--device", default="cpu", show_default=True, help="Device for recomputing the qualitative maps.")
+@click.option("--strict-protocol", is_flag=True, help="Refuse runs with different protocols instead of reporting them in separate sections.")
+@click.option("--n-boot", type=click.IntRange(1, 100000), default=1000, show_default=True, help="Bootstrap resamples for the 95% intervals.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resampling.")
+def report(run_dirs, out, paired, paired_metrics, methods, no_qualitative, qualitative_images, device, strict_protocol, n_boot, seed) -> None:
+    """Leaderboard (Markdown + self-contained HTML), paper tables (md/tex/csv) and figures from run directories' Parquet tables."""
+    from salbench.registry import split_list
+    from salbench.report import DEFAULT_PAIRED_METRICS, parse_pairs, write_report
+    from salbench.tables import metric_descriptor
 
     dirs = [Path(d) for d in run_dirs]
     out_dir = Path(out) if out else (dirs[0] if len(dirs) == 1 else Path("report"))
-    path = write_leaderboard(dirs, out_dir)
-    click.echo(path.read_text())
-    click.echo(f"written: {path}")
+    metrics = [m for v in paired_metrics for m in split_list(v)] or list(DEFAULT_PAIRED_METRICS)
+    for m in metrics:
+        metric_descriptor(m)
+    result = write_report(dirs, out_dir, qualitative=not no_qualitative, qualitative_images=qualitative_images, device=device,
+                          paired=parse_pairs(paired), paired_metrics=metrics, methods=split_list(methods) or None,
+                          strict=strict_protocol, n_boot=n_boot, seed=seed)
+    click.echo(result["files"]["leaderboard.md"].read_text())
+    for name, path in result["files"].items():
+        click.echo(f"written: {path}")
 
 
 def _attach_optional_commands() -> None:

@@ -1,105 +1,328 @@
-"""Leaderboard computed from the Parquet tables alone (never typed by hand).
+"""Reports computed from the Parquet tables alone (never typed by hand).
 
-One row per (method, source classifier): LE, OM, F1 (percent over images), and top-1 of the eval
-classifiers on masked-in / masked-out / inpainted images. Agnosticism columns average over the
-eval classifiers *other than* the source (cross-classifier), with the source's own value (self)
-beside them. Arrows come from the metric descriptors in ``salbench.metrics.METRICS``.
+Entry points:
+
+* ``write_report(run_dirs, out_dir, ...)``: the whole report (what ``salbench report`` runs)::
+
+      <out>/leaderboard.md, leaderboard.html, leaderboard.json
+      <out>/tables/table1.{md,tex,csv}      OM, LE, F1 per method
+      <out>/tables/mask_stats.{md,tex,csv}  area, its std across images, TV, entropy
+      <out>/tables/table2.{md,tex,csv}      CASM ablation (only when the runs hold CASM maskers)
+      <out>/tables/table3.{md,tex,csv}      seen vs unseen classes (only with a trained class subset)
+      <out>/tables/paired.{md,csv}          paired comparisons (with ``paired=``)
+      <out>/figures/figure3.{png,pdf}       CASM Figure 3: top-1 per eval classifier and variant
+      <out>/figures/qualitative.png         images, maps, masked-in/out, inpainted (recomputed)
+
+  Every file is written atomically. Runs with different protocols get one section (and a
+  ``-p<k>`` figure suffix) each; ``strict=True`` refuses them instead.
+* ``write_leaderboard(run_dirs, out_dir)``: the same without the qualitative figure (which
+  reloads classifiers); the runner calls it at the end of every run. Returns leaderboard.md.
+* ``leaderboard_frame(run_dirs)``: the leaderboard as a DataFrame.
+* ``paired_difference(run_dirs, a, b, metric, source_model=None)``: see ``salbench.tables``.
+
+Leaderboard: one row per (method, source classifier): LE, OM, F1 (percent over images), top-1
+of the eval classifiers on masked-in / masked-out / inpainted images, cross-classifier (per
+image, mean over the eval classifiers other than the source; then over images) with the
+source's own value (self) beside, mask area, images/s when a throughput table exists. 95%
+percentile-bootstrap intervals over images; arrows and best-marking from ``METRICS``.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from salbench.metrics import METRICS
-from salbench.results import atomic_write_bytes, read_run_json, read_table
+from salbench.errors import UsageError
+from salbench.results import atomic_write_bytes
+from salbench.tables import (
+    Col,
+    Group,
+    Table,
+    leaderboard,
+    load_groups,
+    mask_stats,
+    paired_difference,  # noqa: F401  (re-exported: salbench.report.paired_difference)
+    paired_from_groups,
+    table1,
+    table2,
+    table3,
+)
+
+DEFAULT_PAIRED_METRICS = ("le", "om", "f1", "masked_in_top1", "masked_out_top1", "inpainted_top1")
+PAPER_TABLES = ("table1", "mask_stats", "table2", "table3")
 
 
-def _arrow(metric: str) -> str:
-    d = METRICS[metric].direction
-    return {"lower": " ↓", "higher": " ↑"}.get(d or "", "")
+def leaderboard_columns(board: pd.DataFrame) -> list[Col]:
+    cols = [Col("method", "method", kind="text"), Col("family", "family", kind="text"), Col("source_model", "source", kind="text"),
+            Col("images", "images", digits=0), Col("le", "LE %", "le", ci=True), Col("om", "OM %", "om", ci=True),
+            Col("f1", "F1 %", "f1", ci=True)]
+    for v, label in (("masked_in", "masked-in"), ("masked_out", "masked-out"), ("inpainted", "inpainted")):
+        cols += [Col(f"{v}_top1", f"{label} top-1 %", f"{v}_top1", ci=True), Col(f"{v}_top1_self", "self", None)]
+    cols.append(Col("area", "area", "area", 3))
+    if "images_per_s" in board.columns and board["images_per_s"].notna().any():
+        cols.append(Col("images_per_s", "images/s", "images_per_s", 1))
+    cols.append(Col("note", "note", kind="text"))
+    return cols
 
 
-def leaderboard_frame(run_dirs: list[Path]) -> pd.DataFrame:
-    """The leaderboard as a DataFrame (values in percent where the metric is a percentage)."""
-    rows = []
-    for run_dir in run_dirs:
-        meta = read_run_json(run_dir)
-        loc = read_table(run_dir, "localization")
-        agn = read_table(run_dir, "agnosticism")
-        ok_loc = loc[loc["error"].isna()]
-        ok_agn = agn[agn["error"].isna()]
-        for (method, src), g in ok_loc.groupby(["method", "source_model"], sort=False):
-            row = {
-                "method": method,
-                "source_model": src,
-                "images": len(g),
-                "le": 100 * g["le"].mean(),
-                "om": 100 * g["om"].mean(),
-                "f1": 100 * g["f1"].mean(),
-                "area": g["area"].mean(),
-                "errors": int(loc[(loc["method"] == method) & (loc["source_model"] == src)]["error"].notna().sum()),
-            }
-            a = ok_agn[(ok_agn["method"] == method) & (ok_agn["source_model"] == src)]
-            per_eval = a.groupby(["variant", "eval_model"])["top1"].mean().mul(100)
-            for variant in ("original", "masked_in", "masked_out", "inpainted"):
-                if variant not in per_eval.index.get_level_values(0):
-                    continue
-                v = per_eval.loc[variant]
-                cross = v[v.index != src]
-                row[f"{variant}_top1"] = cross.mean() if len(cross) else np.nan
-                row[f"{variant}_top1_self"] = v.get(src, np.nan)
-            row["run_id"] = meta["run_id"]
-            rows.append(row)
-        for na in meta.get("not_applicable", []):
-            rows.append({"method": na["method"], "source_model": na["model"], "images": 0, "note": f"n/a: {na['reason']}", "run_id": meta["run_id"]})
-    return pd.DataFrame(rows)
+def leaderboard_table(group: Group, board: pd.DataFrame) -> Table:
+    return Table("leaderboard", "Leaderboard", "", leaderboard_columns(board), [(group.label, board)])
 
 
-def _fmt(v, digits: int = 1) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "–"
-    if isinstance(v, (float, np.floating)):
-        return f"{v:.{digits}f}"
-    return str(v)
+def leaderboard_frame(run_dirs: Sequence[str | Path], *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, strict: bool = False) -> pd.DataFrame:
+    """All groups' leaderboards in one DataFrame (column ``protocol`` numbers the group)."""
+    groups = load_groups(run_dirs, strict=strict)
+    boards = [leaderboard(g, n_boot=n_boot, alpha=alpha, seed=seed) for g in groups]
+    return pd.concat(boards, ignore_index=True) if boards else pd.DataFrame()
 
 
-def leaderboard_markdown(df: pd.DataFrame, title: str = "salbench leaderboard") -> str:
-    cols = [
-        ("method", "method", None),
-        ("source_model", "source", None),
-        ("le", "LE %", "le"),
-        ("om", "OM %", "om"),
-        ("f1", "F1 %", "f1"),
-        ("masked_in_top1", "masked-in top-1 %", "masked_in_top1"),
-        ("masked_in_top1_self", "(self)", None),
-        ("masked_out_top1", "masked-out top-1 %", "masked_out_top1"),
-        ("masked_out_top1_self", "(self)", None),
-        ("inpainted_top1", "inpainted top-1 %", "inpainted_top1"),
-        ("inpainted_top1_self", "(self)", None),
-        ("area", "area", None),
-        ("images", "images", None),
-    ]
-    lines = [f"# {title}", "", "Agnosticism columns: mean over eval classifiers other than the source (self: the source itself).", ""]
-    lines.append("| " + " | ".join(h + (_arrow(m) if m else "") for _, h, m in cols) + " |")
-    lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|")
-    if not df.empty:
-        df = df.sort_values(["source_model", "le"], na_position="last")
-        for _, row in df.iterrows():
-            if isinstance(row.get("note"), str):
-                cells = [row["method"], row["source_model"], row["note"]] + [""] * (len(cols) - 3)
-            else:
-                cells = [row[k] if k in ("method", "source_model") else _fmt(row.get(k), 3 if k == "area" else 1) for k, _, _ in cols]
-            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+def filter_methods(board: pd.DataFrame, patterns: Sequence[str] | None) -> pd.DataFrame:
+    """Keep methods matching any pattern; control rows are always kept."""
+    if not patterns or board.empty:
+        return board
+    keep = board["control"].astype(bool).to_numpy().copy()
+    names = board["method"].astype(str).to_numpy()
+    for p in patterns:
+        keep |= np.array([fnmatch.fnmatchcase(n, p) for n in names])
+    return board[keep].reset_index(drop=True)
+
+
+@dataclass
+class Report:
+    groups: list[Group]
+    boards: list[pd.DataFrame]
+    tables: dict[str, Table] = field(default_factory=dict)
+    paired: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def build_report(run_dirs: Sequence[str | Path], *, methods: Sequence[str] | None = None, paired: Sequence[tuple[str, str]] = (),
+                 paired_metrics: Sequence[str] = DEFAULT_PAIRED_METRICS, strict: bool = False, n_boot: int = 1000,
+                 alpha: float = 0.05, seed: int = 0) -> Report:
+    """Everything computed (no files written)."""
+    t0 = time.perf_counter()
+    groups = load_groups(run_dirs, strict=strict)
+    t1 = time.perf_counter()
+    boards = [filter_methods(leaderboard(g, n_boot=n_boot, alpha=alpha, seed=seed), methods) for g in groups]
+    t2 = time.perf_counter()
+    rep = Report(groups, boards)
+    pairs = list(zip(groups, boards))
+    rep.tables = {"table1": table1(pairs), "mask_stats": mask_stats(pairs), "table2": table2(pairs),
+                  "table3": table3(groups, n_boot=n_boot, alpha=alpha, seed=seed)}
+    if paired:
+        frames = [paired_from_groups(groups, a, b, m, n_boot=n_boot, alpha=alpha, seed=seed) for a, b in paired for m in paired_metrics]
+        rep.paired = pd.concat(frames, ignore_index=True) if frames else None
+    for g in groups:
+        rep.notes += [f"protocol {g.index}: {n}" for n in g.notes] if len(groups) > 1 else list(g.notes)
+    rep.timings = {"load_s": t1 - t0, "leaderboard_s": t2 - t1, "tables_s": time.perf_counter() - t2}
+    return rep
+
+
+# ----------------------------------------------------------------------------- Markdown
+def _runs_line(group: Group) -> str:
+    return ", ".join(f"`{r.run_id}` ({r.path})" for r in group.runs)
+
+
+def _explain(n_boot: int, alpha: float) -> str:
+    return (f"Percent over images; in parentheses the {100 * (1 - alpha):.0f}% bootstrap interval over images ({n_boot} resamples). "
+            "Top-1 columns: mean over eval classifiers *other than* the source classifier (per image, then over images); "
+            "*self*: the source classifier itself. ↓/↑: lower/higher is better; **bold**: best non-control method per source. "
+            "Controls (family `control`): centre, full, random.")
+
+
+def paired_markdown(df: pd.DataFrame, alpha: float = 0.05) -> str:
+    lines = ["## Paired comparisons", "",
+             f"Difference a − b on the same images, with its {100 * (1 - alpha):.0f}% bootstrap interval over images; "
+             "*significant* when the interval excludes 0.", "",
+             "| protocol | source | metric | a | b | images | mean a | mean b | a − b (interval) | verdict |",
+             "|---:|---|---|---|---|---:|---:|---:|---:|---|"]
+    for _, r in df.iterrows():
+        verdict = f"{r['better']} better" if r["significant"] and r["better"] else ("significant" if r["significant"] else "not significant")
+        lines.append(f"| {r['protocol']} | {r['source_model']} | {r['metric']} | {r['method_a']} | {r['method_b']} | {r['images']} | "
+                     f"{r['a']:.2f} | {r['b']:.2f} | {r['diff']:+.2f} ({r['diff_lo']:+.2f}, {r['diff_hi']:+.2f}) | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(run_dirs: list[Path], out_dir: Path) -> Path:
-    df = leaderboard_frame([Path(d) for d in run_dirs])
-    out = Path(out_dir) / "leaderboard.md"
-    atomic_write_bytes(out, leaderboard_markdown(df).encode())
-    atomic_write_bytes(Path(out_dir) / "leaderboard.json", json.dumps(df.replace({np.nan: None}).to_dict(orient="records"), indent=1).encode())
-    return out
+def leaderboard_markdown(rep: Report, *, n_boot: int = 1000, alpha: float = 0.05, files: dict[str, str] | None = None) -> str:
+    out = ["# salbench leaderboard", "", _explain(n_boot, alpha), ""]
+    for g, board in zip(rep.groups, rep.boards):
+        if len(rep.groups) > 1:
+            out += [f"## Protocol {g.index}", ""]
+        out += [f"Protocol: {g.label}  ", f"Runs: {_runs_line(g)}", ""]
+        if board.empty:
+            out += ["(no rows)", ""]
+            continue
+        t = leaderboard_table(g, board)
+        md = t.to_markdown()
+        out += md.split("\n")[4:]  # drop the Table's own title/caption
+    if rep.paired is not None and len(rep.paired):
+        out += [paired_markdown(rep.paired, alpha)]
+    if rep.notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in rep.notes] + [""]
+    if files:
+        out += ["## Files", ""] + [f"- [{k}]({v})" for k, v in files.items()] + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------- HTML
+def leaderboard_html(rep: Report, figures: dict[str, bytes], *, n_boot: int = 1000, alpha: float = 0.05, fig_notes: Sequence[str] = ()) -> str:
+    from salbench.html_report import Page, table_html
+
+    page = Page("salbench leaderboard")
+    page.h(1, "salbench leaderboard")
+    page.p(_explain(n_boot, alpha).replace("*", "").replace("`", ""), "meta")
+
+    def row_class(row) -> str:
+        if isinstance(row.get("note"), str) and row.get("images", 0) == 0:
+            return "na"
+        return "control" if bool(row.get("control")) else ""
+
+    for g, board in zip(rep.groups, rep.boards):
+        page.h(2, f"Protocol {g.index}" if len(rep.groups) > 1 else "Leaderboard", f"protocol-{g.index}")
+        page.p(f"Protocol: {g.label}", "meta")
+        page.p("Runs: " + ", ".join(f"{r.run_id} ({r.path})" for r in g.runs), "meta")
+        if board.empty:
+            page.p("(no rows)")
+        else:
+            t = leaderboard_table(g, board)
+            page.raw(table_html(t, board, row_class=row_class))
+        for key, cap in ((f"figure3{_suffix(g, rep)}", "Figure 3: top-1 of each eval classifier on original, masked-in, masked-out and inpainted images, by method."),
+                         (f"qualitative{_suffix(g, rep)}", "Qualitative: seeded random images; per method the map, masked-in, masked-out and inpainted images.")):
+            if key in figures:
+                page.figure(figures[key], cap)
+    if rep.paired is not None and len(rep.paired):
+        page.h(2, "Paired comparisons", "paired")
+        page.p(f"Difference a − b on the same images with its {100 * (1 - alpha):.0f}% bootstrap interval over images.")
+        rows = ["<table class=\"sortable\"><thead><tr>" + "".join(f"<th>{h}</th>" for h in ("protocol", "source", "metric", "a", "b", "images", "mean a", "mean b", "a − b", "interval", "verdict")) + "</tr></thead><tbody>"]
+        for _, r in rep.paired.iterrows():
+            sig = bool(r["significant"])
+            verdict = f"{r['better']} better" if sig and r["better"] else ("significant" if sig else "not significant")
+            cells = [(r["protocol"], r["protocol"]), (r["source_model"], r["source_model"]), (r["metric"], r["metric"]), (r["method_a"], r["method_a"]),
+                     (r["method_b"], r["method_b"]), (r["images"], r["images"]), (r["a"], f"{r['a']:.2f}"), (r["b"], f"{r['b']:.2f}"),
+                     (r["diff"], f"{r['diff']:+.2f}"), (r["diff_lo"], f"{r['diff_lo']:+.2f} … {r['diff_hi']:+.2f}")]
+            from salbench.html_report import esc
+
+            rows.append("<tr>" + "".join(f'<td data-v="{esc(v)}">{esc(s)}</td>' for v, s in cells)
+                        + f'<td data-v="{esc(verdict)}" class="{"sig" if sig else "nsig"}">{esc(verdict)}</td></tr>')
+        rows.append("</tbody></table>")
+        page.raw("".join(rows))
+    page.h(2, "Paper tables", "tables")
+    for name in PAPER_TABLES:
+        t = rep.tables.get(name)
+        if t is None or t.empty():
+            continue
+        page.h(3, t.title, f"table-{name}")
+        page.p(t.caption)
+        for label, df in t.blocks:
+            if len(t.blocks) > 1:
+                page.p(label, "meta")
+            page.raw(table_html(t, df, row_class=lambda r: "control" if bool(r.get("control")) else ""))
+    notes = list(rep.notes) + list(fig_notes)
+    if notes:
+        page.h(2, "Notes", "notes")
+        page.notes(notes)
+    return page.render()
+
+
+def _suffix(g: Group, rep: Report) -> str:
+    return "" if g.index == 1 else f"-p{g.index}"
+
+
+# ----------------------------------------------------------------------------- writing
+def _write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, qualitative: bool = True, qualitative_images: int = 3,
+                 device: str = "cpu", paired: Sequence[tuple[str, str]] = (), paired_metrics: Sequence[str] = DEFAULT_PAIRED_METRICS,
+                 methods: Sequence[str] | None = None, strict: bool = False, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                 figures: bool = True, loader: Callable[[str, str], Any] | None = None) -> dict[str, Any]:
+    """Write the whole report under ``out_dir``; returns {"files": {name: Path}, "notes": [...], "timings": {...}}."""
+    out = Path(out_dir)
+    rep = build_report(run_dirs, methods=methods, paired=paired, paired_metrics=paired_metrics, strict=strict, n_boot=n_boot, alpha=alpha, seed=seed)
+    files: dict[str, Path] = {}
+    t0 = time.perf_counter()
+    # paper tables
+    tdir = out / "tables"
+    for name in PAPER_TABLES:
+        t = rep.tables[name]
+        if t.empty():
+            if name in ("table2", "table3"):  # not held by these runs: drop stale files of an earlier report
+                for ext in ("md", "tex", "csv"):
+                    (tdir / f"{name}.{ext}").unlink(missing_ok=True)
+            continue
+        for ext, text in (("md", t.to_markdown(level=1)), ("tex", t.to_latex()), ("csv", t.to_csv())):
+            _write_text(tdir / f"{name}.{ext}", text)
+            files[f"tables/{name}.{ext}"] = tdir / f"{name}.{ext}"
+    if rep.paired is not None and len(rep.paired):
+        _write_text(tdir / "paired.md", paired_markdown(rep.paired, alpha))
+        _write_text(tdir / "paired.csv", rep.paired.to_csv(index=False, float_format="%.6g"))
+        files["tables/paired.md"], files["tables/paired.csv"] = tdir / "paired.md", tdir / "paired.csv"
+    t1 = time.perf_counter()
+    # figures
+    figs: dict[str, bytes] = {}
+    fig_notes: list[str] = []
+    if figures:
+        from salbench import figures as F
+
+        fdir = out / "figures"
+        for g, board in zip(rep.groups, rep.boards):
+            sfx = _suffix(g, rep)
+            try:
+                fig = F.figure3(g, board)
+            except Exception as exc:  # a figure never takes the report (or the run that calls it) down
+                fig, _ = None, fig_notes.append(f"figure 3 failed: {type(exc).__name__}: {exc}")
+            if fig is not None:
+                png, pdf = F.save_bytes(fig, "png"), F.save_bytes(fig, "pdf")
+                F._plt().close(fig)
+                atomic_write_bytes(fdir / f"figure3{sfx}.png", png)
+                atomic_write_bytes(fdir / f"figure3{sfx}.pdf", pdf)
+                files[f"figures/figure3{sfx}.png"], files[f"figures/figure3{sfx}.pdf"] = fdir / f"figure3{sfx}.png", fdir / f"figure3{sfx}.pdf"
+                figs[f"figure3{sfx}"] = png
+            if qualitative:
+                try:
+                    png, notes = F.qualitative(g, board, n_images=qualitative_images, device=device, loader=loader)
+                except Exception as exc:
+                    png, notes = None, [f"qualitative figure failed: {type(exc).__name__}: {exc}"]
+                fig_notes += notes
+                if png is not None:
+                    atomic_write_bytes(fdir / f"qualitative{sfx}.png", png)
+                    files[f"figures/qualitative{sfx}.png"] = fdir / f"qualitative{sfx}.png"
+                    figs[f"qualitative{sfx}"] = png
+            else:
+                fig_notes.append("qualitative figure not drawn (it recomputes maps): run `salbench report RUN_DIR` without --no-qualitative")
+    t2 = time.perf_counter()
+    links = {k: k for k in files}
+    md = leaderboard_markdown(Report(rep.groups, rep.boards, rep.tables, rep.paired, rep.notes + fig_notes), n_boot=n_boot, alpha=alpha, files=links)
+    _write_text(out / "leaderboard.md", md)
+    _write_text(out / "leaderboard.html", leaderboard_html(rep, figs, n_boot=n_boot, alpha=alpha, fig_notes=fig_notes))
+    frame = pd.concat(rep.boards, ignore_index=True) if rep.boards else pd.DataFrame()
+    records = json.loads(frame.to_json(orient="records", double_precision=10)) if len(frame) else []
+    atomic_write_bytes(out / "leaderboard.json", (json.dumps(records, indent=1) + "\n").encode())
+    files = {"leaderboard.md": out / "leaderboard.md", "leaderboard.html": out / "leaderboard.html", "leaderboard.json": out / "leaderboard.json", **files}
+    rep.timings.update(write_tables_s=t1 - t0, figures_s=t2 - t1, write_pages_s=time.perf_counter() - t2)
+    return {"files": files, "notes": rep.notes + fig_notes, "timings": rep.timings, "report": rep}
+
+
+def write_leaderboard(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
+    """Leaderboard (md, html, json), paper tables and Figure 3; no qualitative figure. Returns leaderboard.md."""
+    return write_report(run_dirs, out_dir, qualitative=False)["files"]["leaderboard.md"]
+
+
+def parse_pairs(values: Sequence[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for v in values:
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        if len(parts) != 2:
+            raise UsageError(f"--paired {v!r}: expected two comma-separated method names, e.g. --paired gradcam,gradient")
+        pairs.append((parts[0], parts[1]))
+    return pairs

@@ -1,0 +1,882 @@
+"""Report computations from the Parquet tables alone: load and group runs, leaderboard, paper tables.
+
+Everything here is a view of the long-format tables a run writes (``localization``,
+``agnosticism``, optional ``throughput.parquet``) plus ``run.json``; nothing is typed by hand.
+
+* ``load_groups(run_dirs)`` reads runs and groups them by *protocol* (dataset spec, image size,
+  binarisation, box rule, inpainting, target, number of images, eval classifiers): runs with
+  different protocols are never averaged together (``strict=True`` refuses them instead, with a
+  ``UsageError`` naming the differing field).
+* ``leaderboard(group)`` computes one row per (method, source classifier), vectorised with
+  pandas group-bys; 95% confidence intervals are percentile bootstraps over images
+  (``bootstrap_many``: one seeded resampling per image count, shared by every column, identical
+  to ``salbench.metrics.bootstrap_ci`` on each column).
+* ``table1`` / ``mask_stats`` / ``table2`` / ``table3`` build ``Table`` objects that render as
+  Markdown, LaTeX (booktabs) and CSV.
+* ``paired_difference(run_dirs, a, b, metric)``: the difference between two methods on the same
+  images and its bootstrap interval, to tell whether a leaderboard gap is real.
+
+Agnosticism columns are *cross-classifier*: per image, the mean over the eval classifiers other
+than the source classifier, then the mean (and bootstrap) over images; the source's own value
+(*self*) is reported beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from salbench.errors import UsageError, close_matches
+from salbench.metrics import METRICS, MetricInfo
+from salbench.results import read_run_json, read_table
+
+VARIANTS = ("original", "masked_in", "masked_out", "inpainted")
+LOC_METRICS = ("le", "om", "f1", "precision", "recall")
+STAT_METRICS = ("area", "tv", "entropy")
+LOC_COLUMNS = ["image_index", "image_id", "label", "method", "source_model", *LOC_METRICS, *STAT_METRICS, "error"]
+AGN_COLUMNS = ["image_id", "method", "source_model", "eval_model", "variant", "top1", "top5", "error"]
+CONTROL_NAMES = ("centre", "full", "random")
+THROUGHPUT_FILE = "throughput.parquet"
+
+#: Descriptor for the throughput column (not a per-image metric, so not in ``METRICS``).
+IMAGES_PER_S = MetricInfo("images_per_s", "higher", False, "images per second of the method on its source classifier")
+
+#: Protocol fields: what must agree for two runs' numbers to be comparable.
+PROTOCOL_FIELDS = ("dataset", "image_size", "binarize", "binarize_params", "box", "inpaint", "target", "num_images", "eval_models")
+
+
+def metric_descriptor(name: str) -> MetricInfo:
+    if name == "images_per_s":
+        return IMAGES_PER_S
+    base = name.removesuffix("_self")
+    if base in METRICS:
+        return METRICS[base]
+    raise UsageError(f"unknown metric {name!r}{close_matches(name, list(METRICS))}; known: {', '.join(METRICS)}")
+
+
+def method_family(name: str) -> str:
+    """The method's capabilities family from the registry ('control' for centre/full/random)."""
+    try:
+        from salbench.methods import METHODS
+
+        return str(METHODS.get(name).capabilities.family)
+    except Exception:  # not registered here (e.g. a trained masker from another install)
+        if name in CONTROL_NAMES:
+            return "control"
+        return "casm" if name.startswith("casm") else ""
+
+
+# ----------------------------------------------------------------------------- bootstrap
+def bootstrap_many(vectors: Sequence[np.ndarray], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap CIs of the mean for many per-image vectors at once.
+
+    For each vector this equals ``salbench.metrics.bootstrap_ci(v, n_boot, alpha, seed)`` (same
+    NumPy generator, same draws): NaNs dropped, images resampled with replacement. Vectors with
+    the same number of images share one (n_boot x n) resampling, applied to all of them as one
+    matrix product of the stacked values with the resample-count matrix.
+    """
+    if not 0 < alpha < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < alpha < 1 and n_boot >= 1, got alpha={alpha}, n_boot={n_boot}")
+    lo = np.full(len(vectors), np.nan)
+    hi = np.full(len(vectors), np.nan)
+    by_n: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
+    for k, v in enumerate(vectors):
+        v = np.asarray(v, dtype=np.float64).ravel()
+        v = v[~np.isnan(v)]
+        if v.size:
+            by_n[v.size].append((k, v))
+    for n, items in by_n.items():
+        values = np.stack([v for _, v in items])  # G x n
+        means = np.empty((len(items), n_boot))
+        rng = np.random.default_rng(seed)
+        chunk = max(1, 4_000_000 // n)  # the same chunking as bootstrap_ci: same draws
+        for start in range(0, n_boot, chunk):
+            stop = min(n_boot, start + chunk)
+            idx = rng.integers(0, n, size=(stop - start, n))
+            flat = (idx + (np.arange(stop - start) * n)[:, None]).ravel()
+            counts = np.bincount(flat, minlength=(stop - start) * n).reshape(stop - start, n).astype(np.float64)
+            means[:, start:stop] = values @ counts.T / n
+        q = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=1)
+        keys = [k for k, _ in items]
+        lo[keys], hi[keys] = q[0], q[1]
+    return lo, hi
+
+
+# ----------------------------------------------------------------------------- loading
+@dataclass
+class RunInfo:
+    path: Path
+    meta: dict[str, Any]
+    protocol: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return str(self.meta.get("run_id", self.path.name))
+
+
+@dataclass
+class Group:
+    """Runs that share one protocol, their rows merged (a later run wins a duplicated pair)."""
+
+    index: int
+    protocol: dict[str, Any]
+    runs: list[RunInfo]
+    loc: pd.DataFrame
+    agn: pd.DataFrame
+    throughput: pd.DataFrame | None
+    not_applicable: list[dict[str, str]]
+    method_runs: dict[str, RunInfo]  # which run each method's rows come from (its config, spec)
+    models: list[str]
+    notes: list[str] = field(default_factory=list)
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def label(self) -> str:
+        return protocol_label(self.protocol)
+
+    def method_params(self, method: str) -> dict[str, Any]:
+        run = self.method_runs.get(method)
+        if run is None:
+            return {}
+        cfg = run.meta.get("spec", {}).get("method_configs", {}).get(method, {})
+        params = cfg.get("params", {}) if isinstance(cfg, dict) else {}
+        return dict(params) if isinstance(params, dict) else {}
+
+
+def run_protocol(meta: dict[str, Any]) -> dict[str, Any]:
+    spec = meta.get("spec", {})
+    proto = spec.get("protocol", {}) or {}
+    size = proto.get("image_size") or meta.get("dataset", {}).get("image_size")
+    return {
+        "dataset": spec.get("dataset", proto.get("dataset")),
+        "image_size": list(size) if size is not None else None,
+        "binarize": spec.get("binarize"),
+        "binarize_params": spec.get("binarize_params") or {},
+        "box": spec.get("box"),
+        "inpaint": spec.get("inpaint"),
+        "target": spec.get("target"),
+        "num_images": spec.get("num_images"),
+        "eval_models": sorted(spec.get("eval_models") or []),
+    }
+
+
+def protocol_label(p: dict[str, Any]) -> str:
+    size = "x".join(str(s) for s in p.get("image_size") or []) or "?"
+    bp = p.get("binarize_params") or {}
+    binar = str(p.get("binarize")) + (f"({', '.join(f'{k}={v}' for k, v in sorted(bp.items()))})" if bp else "")
+    return (f"{p.get('dataset')} · {size} · {p.get('num_images')} images · binarize {binar} · box {p.get('box')} · "
+            f"inpaint {p.get('inpaint')} · target {p.get('target')} · eval {', '.join(p.get('eval_models') or [])}")
+
+
+def _differing_field(a: dict[str, Any], b: dict[str, Any]) -> str:
+    for k in PROTOCOL_FIELDS:
+        if a.get(k) != b.get(k):
+            return k
+    return "?"
+
+
+def _read_throughput(run_dir: Path) -> pd.DataFrame | None:
+    path = run_dir / THROUGHPUT_FILE
+    if not path.exists():
+        return None
+    try:
+        df = pd.read_parquet(path)
+    except Exception:
+        return None
+    return df if len(df) else None
+
+
+def _categorical(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:
+    for c in cols:
+        if c in df.columns and not isinstance(df[c].dtype, pd.CategoricalDtype):
+            df[c] = df[c].astype("category")
+    return df
+
+
+def load_groups(run_dirs: Sequence[str | Path], strict: bool = False) -> list[Group]:
+    """Read run directories and group them by protocol (``strict``: refuse mixed protocols)."""
+    if not run_dirs:
+        raise UsageError("no run directories given")
+    runs = []
+    for d in run_dirs:
+        d = Path(d)
+        meta = read_run_json(d)
+        runs.append(RunInfo(d, meta, run_protocol(meta)))
+    buckets: list[list[RunInfo]] = []
+    for r in runs:
+        for b in buckets:
+            if b[0].protocol == r.protocol:
+                b.append(r)
+                break
+        else:
+            if strict and buckets:
+                first = buckets[0][0]
+                f = _differing_field(first.protocol, r.protocol)
+                raise UsageError(
+                    f"runs {str(first.path)!r} and {str(r.path)!r} have different protocols ({f}: "
+                    f"{first.protocol.get(f)!r} vs {r.protocol.get(f)!r}); their numbers cannot be averaged together. "
+                    "Report them separately or drop --strict-protocol to get one section per protocol."
+                )
+            buckets.append([r])
+    return [_build_group(i, b) for i, b in enumerate(buckets, start=1)]
+
+
+def _build_group(index: int, runs: list[RunInfo]) -> Group:
+    locs, agns, tps, na, notes = [], [], [], [], []
+    pair_run: dict[tuple[str, str], int] = {}
+    method_runs: dict[str, RunInfo] = {}
+    models: list[str] = []
+    per_run_loc: list[pd.DataFrame] = []
+    for k, r in enumerate(runs):
+        loc = read_table(r.path, "localization", columns=LOC_COLUMNS)
+        per_run_loc.append(loc)
+        if r.meta.get("status") not in (None, "complete"):
+            notes.append(f"run {r.run_id} ({r.path}) has status {r.meta.get('status')!r}: partial results")
+        for m in r.meta.get("spec", {}).get("models", []):
+            if m not in models:
+                models.append(m)
+        pairs = set(map(tuple, loc[["method", "source_model"]].drop_duplicates().to_numpy().tolist())) if len(loc) else set()
+        for p in pairs:
+            if p in pair_run:
+                notes.append(f"{p[0]} on {p[1]}: rows in runs {runs[pair_run[p]].run_id} and {r.run_id}; using the later ({r.run_id})")
+            pair_run[p] = k
+        for item in r.meta.get("not_applicable", []):
+            na.append({"method": item.get("method"), "source_model": item.get("model"), "reason": item.get("reason", ""), "run": k})
+    for k, r in enumerate(runs):
+        mine = {p for p, kk in pair_run.items() if kk == k}
+        if not mine:
+            continue
+        for m, _ in mine:
+            method_runs[m] = r
+        loc = per_run_loc[k]
+        agn = read_table(r.path, "agnosticism", columns=AGN_COLUMNS)
+        if len(mine) < len(set(map(tuple, loc[["method", "source_model"]].drop_duplicates().to_numpy().tolist()))):
+            keep = pd.MultiIndex.from_tuples(sorted(mine))
+            loc = loc[pd.MultiIndex.from_frame(loc[["method", "source_model"]]).isin(keep)]
+            agn = agn[pd.MultiIndex.from_frame(agn[["method", "source_model"]]).isin(keep)]
+        locs.append(loc)
+        agns.append(agn)
+        tp = _read_throughput(r.path)
+        if tp is not None:
+            tps.append(tp)
+    loc = pd.concat(locs, ignore_index=True) if locs else per_run_loc[0].iloc[:0]
+    agn = pd.concat(agns, ignore_index=True) if agns else read_table(runs[0].path, "agnosticism", columns=AGN_COLUMNS)
+    _categorical(loc, ["image_id", "method", "source_model"])
+    _categorical(agn, ["image_id", "method", "source_model", "eval_model", "variant"])
+    # not-applicable pairs: keep those no run produced rows for
+    seen_na, na_rows = set(), []
+    for item in na:
+        key = (item["method"], item["source_model"])
+        if key in pair_run or key in seen_na:
+            continue
+        seen_na.add(key)
+        na_rows.append({k: v for k, v in item.items() if k != "run"})
+        method_runs.setdefault(item["method"], runs[item["run"]])
+    throughput = pd.concat(tps, ignore_index=True) if tps else None
+    return Group(index, runs[0].protocol, runs, loc, agn, throughput, na_rows, method_runs, models, notes)
+
+
+# ----------------------------------------------------------------------------- per-image views
+def _loc_ok(group: Group) -> pd.DataFrame:
+    return group.loc[group.loc["error"].isna()]
+
+
+def per_image_agnosticism(group: Group, score: str = "top1") -> pd.DataFrame:
+    """Per (method, source, variant, image): ``cross`` (mean over eval classifiers other than the
+    source) and ``self`` (the source classifier's own score), in [0, 1]. Cached per group."""
+    key = ("per_image_agnosticism", score)
+    if key not in group.cache:
+        group.cache[key] = _per_image_agnosticism(group, score)
+    return group.cache[key]
+
+
+def _per_image_agnosticism(group: Group, score: str) -> pd.DataFrame:
+    a = group.agn
+    a = a.loc[a["error"].isna(), ["image_id", "method", "source_model", "eval_model", "variant", score]]
+    if a.empty:
+        return pd.DataFrame(columns=["method", "source_model", "variant", "image_id", "cross", "self"])
+    a = a.assign(is_self=same_model(a["eval_model"], a["source_model"]))
+    per = a.groupby(["method", "source_model", "variant", "image_id", "is_self"], observed=True, sort=False)[score].mean()
+    wide = per.unstack("is_self")
+    wide = wide.rename(columns={False: "cross", True: "self"})
+    for c in ("cross", "self"):
+        if c not in wide.columns:
+            wide[c] = np.nan
+    return wide[["cross", "self"]].reset_index()
+
+
+def same_model(x: pd.Series, y: pd.Series) -> np.ndarray:
+    """Elementwise ``x == y`` for two string/categorical columns, on category codes when possible."""
+    if isinstance(x.dtype, pd.CategoricalDtype) and isinstance(y.dtype, pd.CategoricalDtype):
+        where = {str(c): i for i, c in enumerate(x.cat.categories)}
+        y_in_x = np.array([where.get(str(c), -2) for c in y.cat.categories] + [-3], dtype=np.int64)
+        ycodes = y.cat.codes.to_numpy()
+        return x.cat.codes.to_numpy() == y_in_x[np.where(ycodes < 0, -1, ycodes)]
+    return x.astype(str).to_numpy() == y.astype(str).to_numpy()
+
+
+def _vectors(df: pd.DataFrame, keys: list[str], cols: Sequence[str]) -> tuple[list[tuple], dict[str, list[np.ndarray]]]:
+    """Group ``df`` by ``keys``; per group the values of every column in ``cols`` (one numpy array each)."""
+    if df.empty:
+        return [], {c: [] for c in cols}
+    g = df.groupby(keys, observed=True, sort=False)
+    indices = g.indices
+    group_keys = list(indices)
+    arrays = {c: df[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in cols}
+    out = {c: [arrays[c][indices[k]] for k in group_keys] for c in cols}
+    return [k if isinstance(k, tuple) else (k,) for k in group_keys], out
+
+
+def _mean(v: np.ndarray) -> float:
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else math.nan
+
+
+def summarize(df: pd.DataFrame, keys: list[str], cols: Sequence[str], *, n_boot: int, alpha: float, seed: int, ci: Sequence[str] = ()) -> pd.DataFrame:
+    """Mean of each column per group (``keys``), with ``<col>_lo``/``<col>_hi`` bootstrap bounds for ``ci`` columns."""
+    if "image_id" in df.columns and len(df):  # per-image vectors in image order: CIs never depend on file order
+        df = df.sort_values("image_id", kind="stable")
+    group_keys, vecs = _vectors(df, keys, cols)
+    out = pd.DataFrame(group_keys, columns=keys)
+    for c in cols:
+        out[c] = [_mean(v) for v in vecs[c]]
+        out[f"{c}_n"] = [int((~np.isnan(v)).sum()) for v in vecs[c]]
+    for c in ci:
+        lo, hi = bootstrap_many(vecs[c], n_boot=n_boot, alpha=alpha, seed=seed)
+        out[f"{c}_lo"], out[f"{c}_hi"] = lo, hi
+    return out
+
+
+def _scale(df: pd.DataFrame, name: str, percent: bool) -> None:
+    if not percent:
+        return
+    for suffix in ("", "_lo", "_hi"):
+        if name + suffix in df.columns:
+            df[name + suffix] = df[name + suffix] * 100.0
+
+
+# ----------------------------------------------------------------------------- leaderboard
+def throughput_columns(group: Group) -> pd.DataFrame | None:
+    """images/s per (method, source_model) from ``throughput.parquet`` (kind 'method', no error).
+
+    Where several configurations were measured, the most common dtype (float32 preferred) and,
+    within it, the fastest batch size are shown; the device and batch size go with the value.
+    """
+    tp = group.throughput
+    if tp is None or "images_per_s" not in tp.columns:
+        return None
+    t = tp
+    if "kind" in t.columns:
+        t = t[t["kind"].fillna("method") == "method"]
+    if "error" in t.columns:
+        t = t[t["error"].isna()]
+    t = t[np.isfinite(t["images_per_s"].to_numpy(dtype=np.float64))]
+    if t.empty:
+        return None
+    if "dtype" in t.columns:
+        dtypes = t["dtype"].value_counts()
+        chosen = "float32" if "float32" in dtypes.index else dtypes.index[0]
+        t = t[t["dtype"] == chosen]
+    t = t.sort_values("images_per_s", ascending=False).drop_duplicates(["method", "model"])
+    out = pd.DataFrame({
+        "method": t["method"].astype(str).to_numpy(),
+        "source_model": t["model"].astype(str).to_numpy(),
+        "images_per_s": t["images_per_s"].to_numpy(dtype=np.float64),
+        "throughput_device": t["device"].astype(str).to_numpy() if "device" in t.columns else "",
+        "throughput_batch": t["batch_size"].to_numpy() if "batch_size" in t.columns else np.nan,
+        "throughput_dtype": t["dtype"].astype(str).to_numpy() if "dtype" in t.columns else "",
+    })
+    return out
+
+
+def leaderboard(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """One row per (method, source classifier); percent metrics x100; ``<col>_lo/_hi`` 95% CIs."""
+    loc_all = group.loc
+    loc = _loc_ok(group)
+    cols = [*LOC_METRICS, *STAT_METRICS]
+    board = summarize(loc, ["method", "source_model"], cols, n_boot=n_boot, alpha=alpha, seed=seed, ci=("le", "om", "f1"))
+    board = board.rename(columns={"le_n": "images"}).drop(columns=[f"{c}_n" for c in cols if c != "le"])
+    if len(board):
+        std = loc.groupby(["method", "source_model"], observed=True, sort=False)["area"].std(ddof=0).rename("area_std").reset_index()
+        board = _merge(board, std)
+    for m in LOC_METRICS:
+        _scale(board, m, METRICS[m].percent)
+    # errors per pair
+    err = loc_all[loc_all["error"].notna()]
+    if len(err):
+        e = err.groupby(["method", "source_model"], observed=True, sort=False)["error"].agg(["size", "first"]).reset_index()
+        e = e.rename(columns={"size": "errors", "first": "first_error"})
+        board = _merge(board, e, how="outer")
+    # agnosticism
+    per = per_image_agnosticism(group, "top1")
+    if len(per):
+        s = summarize(per, ["method", "source_model", "variant"], ("cross", "self"), n_boot=n_boot, alpha=alpha, seed=seed, ci=("cross", "self"))
+        wide = []
+        for v in VARIANTS:
+            sv = s[s["variant"] == v]
+            if sv.empty:
+                continue
+            name = f"{v}_top1"
+            part = pd.DataFrame({
+                "method": sv["method"].astype(str).to_numpy(),
+                "source_model": sv["source_model"].astype(str).to_numpy(),
+                name: sv["cross"].to_numpy(), f"{name}_lo": sv["cross_lo"].to_numpy(), f"{name}_hi": sv["cross_hi"].to_numpy(),
+                f"{name}_self": sv["self"].to_numpy(), f"{name}_self_lo": sv["self_lo"].to_numpy(), f"{name}_self_hi": sv["self_hi"].to_numpy(),
+                f"{name}_n": sv["cross_n"].to_numpy(),
+            })
+            for c in (name, f"{name}_self"):
+                _scale(part, c, True)
+            wide.append(part)
+        for part in wide:
+            board = _merge(board, part, how="outer")
+    if len(per) and per["cross"].isna().all() and per["self"].notna().any():
+        note = "no eval classifier other than the source classifier: cross-classifier columns are empty (see self)"
+        if note not in group.notes:
+            group.notes.append(note)
+    tp = throughput_columns(group)
+    if tp is not None and len(board):
+        board = _merge(board, tp, how="left")
+    # not-applicable pairs and pairs without rows
+    extra = []
+    present = set(zip(board["method"].astype(str), board["source_model"].astype(str))) if len(board) else set()
+    for item in group.not_applicable:
+        if (item["method"], item["source_model"]) not in present:
+            extra.append({"method": item["method"], "source_model": item["source_model"], "images": 0, "note": f"n/a: {item['reason']}"})
+    for r in group.runs:
+        spec = r.meta.get("spec", {})
+        for m in spec.get("methods", []):
+            for s in spec.get("models", []):
+                if (m, s) not in present and not any(e["method"] == m and e["source_model"] == s for e in extra) and not any(
+                    (i["method"], i["source_model"]) == (m, s) for i in group.not_applicable
+                ):
+                    extra.append({"method": m, "source_model": s, "images": 0, "note": "no completed rows in this run"})
+                    present.add((m, s))
+    if extra:
+        board = pd.concat([board, pd.DataFrame(extra)], ignore_index=True)
+    if board.empty:
+        return board
+    if "note" not in board.columns:
+        board["note"] = None
+    if "errors" not in board.columns:
+        board["errors"] = 0
+    board["errors"] = board["errors"].fillna(0).astype(int)
+    board["images"] = board["images"].fillna(0).astype(int)
+    if "first_error" in board.columns:
+        failed = board["note"].isna() & (board["images"] == 0) & board["first_error"].notna()
+        board.loc[failed, "note"] = "failed: " + board.loc[failed, "first_error"].astype(str)
+        partial = board["note"].isna() & (board["errors"] > 0)
+        board.loc[partial, "note"] = board.loc[partial, "errors"].astype(str) + " failed images: " + board.loc[partial, "first_error"].astype(str)
+    board["family"] = [method_family(m) for m in board["method"]]
+    board["control"] = board["family"] == "control"
+    board["protocol"] = group.index
+    return sort_board(board, group.models)
+
+
+def _merge(a: pd.DataFrame, b: pd.DataFrame, how: str = "left") -> pd.DataFrame:
+    a = a.astype({"method": str, "source_model": str})
+    b = b.astype({"method": str, "source_model": str})
+    return a.merge(b, on=["method", "source_model"], how=how)
+
+
+def sort_board(board: pd.DataFrame, models: Sequence[str], key: str = "le") -> pd.DataFrame:
+    """Source classifiers in run order; within one, best ``key`` first (direction from METRICS);
+    rows without values (not applicable, failed) last."""
+    order = {m: i for i, m in enumerate(models)}
+    asc = METRICS[key].direction != "higher"
+    b = board.copy()
+    b["_src"] = [order.get(s, len(order)) for s in b["source_model"]]
+    b["_na"] = b[key].isna() if key in b.columns else True
+    b["_k"] = b[key] if key in b.columns else np.nan
+    b = b.sort_values(["_src", "source_model", "_na", "_k", "method"], ascending=[True, True, True, asc, True], na_position="last", kind="mergesort")
+    return b.drop(columns=["_src", "_na", "_k"]).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- paired comparison
+AGN_METRIC = re.compile(r"^(original|masked_in|masked_out|inpainted)_(top1|top5)(_self)?$")
+
+
+def _per_image_metric(group: Group, method: str, metric: str, source: str) -> pd.Series:
+    """Per-image values (index image_id, [0,1] units) of ``metric`` for ``method`` on ``source``."""
+    m = AGN_METRIC.match(metric)
+    if m:
+        variant, score, is_self = m.group(1), m.group(2), bool(m.group(3))
+        per = per_image_agnosticism(group, score)
+        per = per[(per["method"] == method) & (per["source_model"] == source) & (per["variant"] == variant)]
+        return per.set_index("image_id")["self" if is_self else "cross"].dropna()
+    if metric in LOC_METRICS or metric in STAT_METRICS:
+        loc = _loc_ok(group)
+        loc = loc[(loc["method"] == method) & (loc["source_model"] == source)]
+        return loc.groupby("image_id", observed=True)[metric].mean()
+    known = [*LOC_METRICS, *STAT_METRICS, *(f"{v}_{s}" for v in VARIANTS for s in ("top1", "top5"))]
+    raise UsageError(f"unknown metric {metric!r}{close_matches(metric, known)}; known: {', '.join(known)}")
+
+
+def paired_from_groups(groups: Sequence[Group], method_a: str, method_b: str, metric: str, source_model: str | None = None, *,
+                       n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    info = metric_descriptor(metric)
+    scale = 100.0 if info.percent else 1.0
+    all_methods = sorted({str(m) for g in groups for m in g.loc["method"].unique()})
+    for name in (method_a, method_b):
+        if name not in all_methods:
+            raise UsageError(f"method {name!r} has no rows in these runs{close_matches(name, all_methods)}; methods: {', '.join(all_methods)}")
+    rows, vecs = [], []
+    for g in groups:
+        have = {str(x) for x in g.loc["source_model"].unique()}
+        sources = [s for s in g.models if s in have] or sorted(have)
+        if source_model is not None:
+            sources = [s for s in sources if s == source_model]
+        for src in sources:
+            a = _per_image_metric(g, method_a, metric, src)
+            b = _per_image_metric(g, method_b, metric, src)
+            joined = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").dropna()
+            joined = joined.set_axis(joined.index.astype(str)).sort_index()
+            if joined.empty:
+                continue
+            d = (joined["a"] - joined["b"]).to_numpy(dtype=np.float64) * scale
+            vecs.append(d)
+            better = None
+            if info.direction is not None and d.mean() != 0:
+                a_better = (d.mean() < 0) if info.direction == "lower" else (d.mean() > 0)
+                better = method_a if a_better else method_b
+            rows.append({"protocol": g.index, "source_model": src, "metric": metric, "method_a": method_a, "method_b": method_b,
+                         "images": len(d), "a": joined["a"].mean() * scale, "b": joined["b"].mean() * scale, "diff": float(d.mean()),
+                         "direction": info.direction or "", "better": better})
+    if source_model is not None and not rows:
+        srcs = sorted({str(s) for g in groups for s in g.loc["source_model"].unique()})
+        raise UsageError(f"no images where both {method_a!r} and {method_b!r} have {metric!r} on source {source_model!r}{close_matches(source_model, srcs)}")
+    out = pd.DataFrame(rows, columns=["protocol", "source_model", "metric", "method_a", "method_b", "images", "a", "b", "diff", "direction", "better"])
+    lo, hi = bootstrap_many(vecs, n_boot=n_boot, alpha=alpha, seed=seed)
+    out["diff_lo"], out["diff_hi"] = lo, hi
+    out["significant"] = (out["diff_lo"] > 0) | (out["diff_hi"] < 0)
+    out.loc[~out["significant"], "better"] = None
+    return out
+
+
+def paired_difference(run_dirs: Sequence[str | Path], method_a: str, method_b: str, metric: str, source_model: str | None = None, *,
+                      n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, strict: bool = False) -> pd.DataFrame:
+    """``method_a − method_b`` on the same images, per source classifier (and protocol group).
+
+    ``metric``: a localisation column (``le``, ``om``, ``f1``, ``precision``, ``recall``, ``area``,
+    ``tv``, ``entropy``) or an agnosticism one, ``<variant>_top1``/``<variant>_top5`` (cross-
+    classifier, per image averaged over the eval classifiers other than the source) with an
+    optional ``_self`` suffix. Percent metrics are x100. Columns: ``a``, ``b`` (means over the
+    shared images), ``diff`` and its ``diff_lo``/``diff_hi`` percentile-bootstrap interval over
+    images, ``significant`` (the interval excludes 0) and ``better`` (by the metric's direction,
+    only when significant).
+    """
+    metric_descriptor(metric)
+    groups = load_groups(run_dirs, strict=strict)
+    return paired_from_groups(groups, method_a, method_b, metric, source_model, n_boot=n_boot, alpha=alpha, seed=seed)
+
+
+# ----------------------------------------------------------------------------- paper tables
+@dataclass
+class Col:
+    key: str
+    header: str
+    metric: str | None = None  # descriptor name: arrow, best-marking
+    digits: int = 1
+    ci: bool = False  # show [lo, hi] in Markdown/HTML (CSV always has the bounds when present)
+    kind: str = "num"  # num | text
+
+    def arrow(self) -> str:
+        return metric_descriptor(self.metric).arrow if self.metric else ""
+
+
+@dataclass
+class Table:
+    """A paper-style table: rows grouped in blocks (one per protocol), rendered to md/tex/csv/html."""
+
+    name: str
+    title: str
+    caption: str
+    columns: list[Col]
+    blocks: list[tuple[str, pd.DataFrame]]  # (block label, rows)
+    group_by: str | None = "source_model"  # midrule between values of this column; best marked within
+    mark_best: bool = True
+
+    def empty(self) -> bool:
+        return all(df.empty for _, df in self.blocks)
+
+    # -- helpers
+    def _best(self, df: pd.DataFrame) -> dict[tuple[int, str], bool]:
+        best: dict[tuple[int, str], bool] = {}
+        if not self.mark_best or df.empty:
+            return best
+        cand = df[~df.get("control", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
+        parts = cand.groupby(self.group_by, sort=False) if self.group_by and self.group_by in cand.columns else [(None, cand)]
+        for _, part in parts:
+            for c in self.columns:
+                if c.kind != "num" or not c.metric or c.key not in part.columns:
+                    continue
+                d = metric_descriptor(c.metric).direction
+                vals = part[c.key].astype(float)
+                if d is None or vals.notna().sum() < 2:
+                    continue
+                target = vals.min() if d == "lower" else vals.max()
+                if np.isclose(vals.dropna().to_numpy(), target).all():
+                    continue  # all tied: nothing to mark
+                for i in part.index[np.isclose(vals.to_numpy(), target, equal_nan=False)]:
+                    best[(i, c.key)] = True
+        return best
+
+    def _cell(self, row: pd.Series, c: Col, with_ci: bool) -> str:
+        v = row.get(c.key)
+        if c.kind == "text":
+            return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+        if v is None or (isinstance(v, float) and math.isnan(v)) or pd.isna(v):
+            return "–"
+        s = f"{float(v):.{c.digits}f}"
+        lo, hi = row.get(f"{c.key}_lo"), row.get(f"{c.key}_hi")
+        if with_ci and c.ci and lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi)):
+            s += f" ({float(lo):.{c.digits}f}–{float(hi):.{c.digits}f})"
+        return s
+
+    def header(self, c: Col) -> str:
+        a = c.arrow()
+        return c.header + (f" {a}" if a else "")
+
+    # -- renderers
+    def to_markdown(self, level: int = 2) -> str:
+        out = [f"{'#' * level} {self.title}", "", self.caption, ""]
+        for label, df in self.blocks:
+            if len(self.blocks) > 1:
+                out += [f"**{label}**", ""]
+            out.append("| " + " | ".join(self.header(c) for c in self.columns) + " |")
+            out.append("|" + "|".join("---" if c.kind == "text" else "---:" for c in self.columns) + "|")
+            best = self._best(df)
+            for i, row in df.iterrows():
+                cells = []
+                for c in self.columns:
+                    s = self._cell(row, c, True).replace("|", "\\|")
+                    cells.append(f"**{s}**" if best.get((i, c.key)) and s != "–" else s)
+                out.append("| " + " | ".join(cells) + " |")
+            out.append("")
+        return "\n".join(out)
+
+    def to_latex(self) -> str:
+        spec = "".join("l" if c.kind == "text" else "r" for c in self.columns)
+        out = [f"% {self.title}: generated by `salbench report` from the run tables; do not edit by hand.",
+               "% Needs \\usepackage{booktabs}. Values: means over images (95% bootstrap intervals in the CSV)."]
+        for k, (label, df) in enumerate(self.blocks, start=1):
+            cap = latex_escape(self.caption + (f" Protocol: {label}." if len(self.blocks) > 1 else ""))
+            out += ["\\begin{table}[t]", "\\centering", f"\\caption{{{cap}}}", f"\\label{{tab:salbench-{self.name.replace('_', '-')}{'' if len(self.blocks) == 1 else f'-{k}'}}}",
+                    f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
+            heads = []
+            for c in self.columns:
+                a = metric_descriptor(c.metric).direction if c.metric else None
+                arrow = {"lower": " $\\downarrow$", "higher": " $\\uparrow$"}.get(a or "", "")
+                heads.append(latex_escape(c.header) + arrow)
+            out.append(" & ".join(heads) + " \\\\")
+            out.append("\\midrule")
+            best = self._best(df)
+            prev = None
+            for i, row in df.iterrows():
+                if self.group_by and self.group_by in df.columns:
+                    cur = row[self.group_by]
+                    if prev is not None and cur != prev:
+                        out.append("\\midrule")
+                    prev = cur
+                cells = []
+                for c in self.columns:
+                    s = self._cell(row, c, False)
+                    s = "--" if s == "–" else latex_escape(s)
+                    cells.append(f"\\textbf{{{s}}}" if best.get((i, c.key)) and s != "--" else s)
+                out.append(" & ".join(cells) + " \\\\")
+            out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+        return "\n".join(out)
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        header = ["protocol"]
+        for c in self.columns:
+            header.append(c.key)
+            if c.ci:
+                header += [f"{c.key}_lo", f"{c.key}_hi"]
+        w.writerow(header)
+        for k, (_, df) in enumerate(self.blocks, start=1):
+            for _, row in df.iterrows():
+                rec: list[Any] = [k]
+                for c in self.columns:
+                    vals = [row.get(c.key)] + ([row.get(f"{c.key}_lo"), row.get(f"{c.key}_hi")] if c.ci else [])
+                    for v in vals:
+                        if v is None or (not isinstance(v, str) and pd.isna(v)):
+                            rec.append("")
+                        elif isinstance(v, (float, np.floating)):
+                            rec.append(f"{float(v):.6g}")
+                        else:
+                            rec.append(v)
+                w.writerow(rec)
+        return buf.getvalue()
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--", "·": r"\textperiodcentered{}"}
+
+
+def latex_escape(s: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(s))
+
+
+def _blocks(boards: Sequence[tuple[Group, pd.DataFrame]], select) -> list[tuple[str, pd.DataFrame]]:
+    out = []
+    for g, b in boards:
+        rows = select(g, b)
+        if rows is not None and len(rows):
+            out.append((f"protocol {g.index}: {g.label}", rows.reset_index(drop=True)))
+    return out
+
+
+def _measured(b: pd.DataFrame) -> pd.DataFrame:
+    return b[b["images"] > 0] if len(b) else b
+
+
+def table1(boards: Sequence[tuple[Group, pd.DataFrame]]) -> Table:
+    cols = [Col("method", "Method", kind="text"), Col("source_model", "Source", kind="text"),
+            Col("om", "OM (%)", "om", ci=True), Col("le", "LE (%)", "le", ci=True), Col("f1", "F1 (%)", "f1", ci=True)]
+    return Table("table1", "Table 1: localisation", "Official ImageNet metric (OM), localisation error (LE) and continuous F1, "
+                 "percent over images; controls: centre, full, random.", cols, _blocks(boards, lambda g, b: _measured(b)))
+
+
+def mask_stats(boards: Sequence[tuple[Group, pd.DataFrame]]) -> Table:
+    cols = [Col("method", "Method", kind="text"), Col("source_model", "Source", kind="text"), Col("area", "Area", "area", 3),
+            Col("area_std", "Area std", "area_std", 3), Col("tv", "TV", "tv", 4), Col("entropy", "Entropy", "entropy", 4)]
+    return Table("mask_stats", "Mask statistics", "Mean mask value (area), its std across images, total variation and mask entropy.",
+                 cols, _blocks(boards, lambda g, b: _measured(b)), mark_best=False)
+
+
+CASM_FIELDS = ("score", "share_encoder", "thinning")
+
+
+def _sharing(v: Any) -> str:
+    if isinstance(v, bool):
+        return "shared" if v else "separate"
+    return "" if v is None else str(v)
+
+
+def table2(boards: Sequence[tuple[Group, pd.DataFrame]]) -> Table:
+    """CASM ablation: score function, encoder sharing, thinning (from run.json method configs)."""
+
+    def select(g: Group, b: pd.DataFrame):
+        b = _measured(b)
+        keep = []
+        for i, row in b.iterrows():
+            p = g.method_params(row["method"])
+            if any(k in p for k in CASM_FIELDS):
+                keep.append((i, p))
+        if not keep:
+            return None
+        rows = b.loc[[i for i, _ in keep]].copy()
+        rows["score"] = [str(p.get("score", "")) for _, p in keep]
+        rows["sharing"] = [_sharing(p.get("share_encoder")) for _, p in keep]
+        rows["thinning"] = [str(p.get("thinning", "")) for _, p in keep]
+        return rows
+
+    cols = [Col("method", "Masker", kind="text"), Col("score", "Score", kind="text"), Col("sharing", "Encoder", kind="text"),
+            Col("thinning", "Thinning", kind="text"), Col("source_model", "Source", kind="text"),
+            Col("om", "OM (%)", "om", ci=True), Col("le", "LE (%)", "le", ci=True), Col("f1", "F1 (%)", "f1", ci=True)]
+    return Table("table2", "Table 2: CASM ablation", "CASM maskers by score function (entropy / classification), encoder sharing "
+                 "and classifier-pool thinning (F, L, FL, L100, L1000).", cols, _blocks(boards, select))
+
+
+def parse_classes(v: Any) -> set[int] | None:
+    """A trained class subset: list of ints, or a string '0,1,5' / '0+1+5' / '0-4,7'; None when absent/all."""
+    if v is None or v == "" or v == "all":
+        return None
+    if isinstance(v, (list, tuple, set)):
+        try:
+            return {int(x) for x in v} or None
+        except (TypeError, ValueError):
+            return None
+    if isinstance(v, str):
+        out: set[int] = set()
+        for part in v.replace(" ", "").replace("+", ",").split(","):
+            if not part:
+                continue
+            if re.fullmatch(r"\d+-\d+", part):
+                a, b = map(int, part.split("-"))
+                out.update(range(a, b + 1))
+            elif part.isdigit():
+                out.add(int(part))
+            else:
+                return None
+        return out or None
+    if isinstance(v, int):
+        return {v}
+    return None
+
+
+def table3_frame(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """LE/OM on images whose label is in the masker's training classes (seen) vs not (unseen)."""
+    loc = _loc_ok(group)
+    parts = []
+    for method in sorted({str(m) for m in loc["method"].unique()}):
+        classes = parse_classes(group.method_params(method).get("train_classes"))
+        if not classes:
+            continue
+        sub = loc[loc["method"] == method]
+        seen = np.isin(sub["label"].to_numpy(), sorted(classes))
+        parts.append(sub.assign(split=np.where(seen, "seen", "unseen"), n_train_classes=len(classes)))
+    if not parts:
+        return pd.DataFrame()
+    df = pd.concat(parts, ignore_index=True)
+    df["method"] = df["method"].astype(str)
+    df["source_model"] = df["source_model"].astype(str)
+    s = summarize(df, ["method", "source_model", "n_train_classes", "split"], ("le", "om"), n_boot=n_boot, alpha=alpha, seed=seed, ci=("le", "om"))
+    for m in ("le", "om"):
+        _scale(s, m, True)
+    rows = []
+    for (method, src, ncls), part in s.groupby(["method", "source_model", "n_train_classes"], sort=False):
+        row: dict[str, Any] = {"method": method, "source_model": src, "train_classes": int(ncls), "control": False}
+        for _, r in part.iterrows():
+            sp = r["split"]
+            row[f"images_{sp}"] = int(r["le_n"])
+            for m in ("le", "om"):
+                row[f"{m}_{sp}"], row[f"{m}_{sp}_lo"], row[f"{m}_{sp}_hi"] = r[m], r[f"{m}_lo"], r[f"{m}_hi"]
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    order = {m: i for i, m in enumerate(group.models)}
+    out["_o"] = [order.get(s, len(order)) for s in out["source_model"]]
+    return out.sort_values(["_o", "method"]).drop(columns="_o").reset_index(drop=True)
+
+
+def table3(groups: Sequence[Group], *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> Table:
+    blocks = []
+    for g in groups:
+        f = table3_frame(g, n_boot=n_boot, alpha=alpha, seed=seed)
+        if len(f):
+            blocks.append((f"protocol {g.index}: {g.label}", f))
+    cols = [Col("method", "Masker", kind="text"), Col("source_model", "Source", kind="text"), Col("train_classes", "Train classes", digits=0),
+            Col("le_seen", "LE seen (%)", "le", ci=True), Col("images_seen", "n seen", digits=0),
+            Col("le_unseen", "LE unseen (%)", "le", ci=True), Col("images_unseen", "n unseen", digits=0),
+            Col("om_seen", "OM seen (%)", "om"), Col("om_unseen", "OM unseen (%)", "om")]
+    return Table("table3", "Table 3: seen vs unseen classes", "Localisation error on images whose label is among the masker's "
+                 "training classes (seen) and on the others (unseen).", cols, blocks, mark_best=False)
+
+
+def figure3_frame(group: Group) -> pd.DataFrame:
+    """Top-1 (%) of each eval classifier on each variant, per method, over masks from source
+    classifiers other than the eval classifier (all sources when it is the only one)."""
+    a = group.agn
+    a = a[a["error"].isna()]
+    if a.empty:
+        return pd.DataFrame(columns=["eval_model", "method", "variant", "top1", "cross"])
+    m = a.groupby(["eval_model", "method", "source_model", "variant"], observed=True)["top1"].mean().reset_index()
+    for c in ("eval_model", "method", "source_model", "variant"):
+        m[c] = m[c].astype(str)
+    m["is_cross"] = m["eval_model"] != m["source_model"]
+    has_cross = m.groupby(["eval_model", "method"])["is_cross"].transform("any")
+    m = m[m["is_cross"] | ~has_cross]
+    f = m.groupby(["eval_model", "method", "variant"], sort=False).agg(top1=("top1", "mean"), cross=("is_cross", "all")).reset_index()
+    f["top1"] *= 100
+    return f

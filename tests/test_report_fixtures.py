@@ -1,0 +1,127 @@
+"""Helpers (no tests): synthetic run directories for the report tests: real Parquet layout (RunWriter) + run.json.
+
+Values are random but seeded; what matters is that the tests recompute report cells from the
+same Parquet rows the report reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from salbench.results import AGNOSTICISM_SCHEMA, LOCALIZATION_SCHEMA, RunWriter, atomic_write_json, atomic_write_table
+
+VARIANTS = ("original", "masked_in", "masked_out", "inpainted")
+DATASET = "synthetic?split=val&n=500&seed=0&classes=10&size=64"
+
+
+def _table(schema: pa.Schema, cols: dict[str, Any], n: int) -> pa.Table:
+    arrays = []
+    for f in schema:
+        v = cols.get(f.name)
+        if v is None:
+            arrays.append(pa.nulls(n, f.type))
+        elif isinstance(v, pa.Array):
+            arrays.append(v)
+        else:
+            arrays.append(pa.array(v, type=f.type, from_pandas=True))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def make_run(
+    run_dir: str | Path,
+    *,
+    methods=("gradcam", "gradient", "centre", "full", "random"),
+    models=("zoo:cnn_a", "zoo:vit_b"),
+    evals=None,
+    n_images: int = 60,
+    batch: int = 25,
+    seed: int = 0,
+    dataset: str = DATASET,
+    image_size=(64, 64),
+    inpaint: str = "telea",
+    binarize: str = "mean_area",
+    method_params: dict[str, dict[str, Any]] | None = None,
+    not_applicable: dict[tuple[str, str], str] | None = None,
+    error_pair: tuple[str, str] | None = None,
+    n_errors: int = 0,
+    throughput: list[dict[str, Any]] | None = None,
+    run_id: str | None = None,
+    num_classes: int = 10,
+) -> Path:
+    run_dir = Path(run_dir)
+    evals = list(evals or models)
+    methods, models = list(methods), list(models)
+    method_params = method_params or {}
+    na = dict(not_applicable or {})
+    rng = np.random.default_rng(seed)
+    run_id = run_id or f"fixture{seed:05d}"
+    pairs = [(m, s) for s in models for m in methods if (m, s) not in na]
+    # a per-pair quality so methods differ
+    quality = {p: rng.uniform(0.2, 0.9) for p in pairs}
+    writer = RunWriter(run_dir)
+    for unit, start in enumerate(range(0, n_images, batch)):
+        idx = np.arange(start, min(start + batch, n_images))
+        b = len(idx)
+        P = len(pairs)
+        meth = np.repeat(np.array([p[0] for p in pairs], dtype=object), b)
+        src = np.repeat(np.array([p[1] for p in pairs], dtype=object), b)
+        q = np.repeat(np.array([quality[p] for p in pairs]), b)
+        img = np.tile(idx, P)
+        n = P * b
+        le = (rng.random(n) > q).astype(np.float32)
+        correct = rng.random(n) < 0.8
+        om = np.maximum(le, (~correct).astype(np.float32))
+        f1 = (rng.random(n) * q).astype(np.float32)
+        area = rng.random(n).astype(np.float32)
+        err = np.array([None] * n, dtype=object)
+        if error_pair is not None and unit == 0 and n_errors:
+            k = pairs.index(error_pair)
+            bad = np.arange(k * b, k * b + n_errors)
+            err[bad] = "RuntimeError: boom"
+            for a in (le, om, f1, area):
+                a[bad] = np.nan
+        loc = _table(LOCALIZATION_SCHEMA, dict(
+            run_id=[run_id] * n, dataset=[dataset] * n, image_index=img, image_id=[f"val-{i:06d}" for i in img], label=img % num_classes,
+            method=meth, source_model=src, binarize=[binarize] * n, le=le, om=om, f1=f1, precision=f1, recall=f1, area=area,
+            binary_area=area, tv=(area / 10).astype(np.float32), entropy=(area / 3).astype(np.float32), target=img % num_classes,
+            source_correct=correct, error=err), n)
+        # agnosticism: pairs x evals x variants x images (error pairs' failed images have no rows)
+        ok_mask = np.array([e is None for e in err])
+        reps = len(evals) * len(VARIANTS)
+        a_meth = np.repeat(meth[ok_mask], reps)
+        a_src = np.repeat(src[ok_mask], reps)
+        a_img = np.repeat(img[ok_mask], reps)
+        m_ok = int(ok_mask.sum())
+        a_eval = np.tile(np.repeat(np.array(evals, dtype=object), len(VARIANTS)), m_ok)
+        a_var = np.tile(np.array(VARIANTS, dtype=object), m_ok * len(evals))
+        na_ = len(a_meth)
+        p = np.where(a_var == "masked_out", 0.3, np.where(a_var == "inpainted", 0.4, 0.7))
+        top1 = (rng.random(na_) < p).astype(np.float32)
+        top5 = np.maximum(top1, (rng.random(na_) < 0.5).astype(np.float32))
+        agn = _table(AGNOSTICISM_SCHEMA, dict(
+            run_id=[run_id] * na_, dataset=[dataset] * na_, image_index=a_img, image_id=[f"val-{i:06d}" for i in a_img], label=a_img % num_classes,
+            method=a_meth, source_model=a_src, eval_model=a_eval, variant=a_var, inpaint=[inpaint] * na_, top1=top1, top5=top5,
+            ce=rng.random(na_).astype(np.float32), entropy=rng.random(na_).astype(np.float32), error=[None] * na_), na_)
+        writer.write_unit(unit, {"localization": loc, "agnosticism": agn}, {"unit": unit, "images": b})
+    spec = {
+        "dataset": dataset, "protocol": {"dataset": dataset, "image_size": list(image_size), "num_classes": num_classes},
+        "binarize": binarize, "binarize_params": {}, "box": "largest", "inpaint": inpaint, "target": "label", "seed": 0,
+        "num_images": n_images, "limit": n_images, "methods": methods, "models": models, "eval_models": evals,
+        "method_configs": {m: {"name": m, "params": dict(method_params.get(m, {}))} for m in methods},
+    }
+    meta = {
+        "run_id": run_id, "hash": run_id * 2, "spec": spec, "status": "complete",
+        "not_applicable": [{"method": m, "model": s, "reason": r} for (m, s), r in na.items()],
+        "classifiers": {m: {"name": m} for m in dict.fromkeys(models + evals)},
+    }
+    atomic_write_json(run_dir / "run.json", meta)
+    if throughput:
+        # the columns the throughput command writes (its full schema has more; the report needs these)
+        cols = ("run_id", "kind", "method", "model", "device", "dtype", "batch_size", "images_per_s", "ms_per_batch", "peak_mem_mb", "error")
+        rows = {c: [r.get(c, run_id if c == "run_id" else None) for r in throughput] for c in cols}
+        atomic_write_table(run_dir / "throughput.parquet", pa.Table.from_pydict(rows))
+    return run_dir
