@@ -60,6 +60,15 @@ class SaliencyMethod:
             raise UsageError(f"method {self.name!r}: bad parameters {params}: {exc}") from None
         self.seed = 0
 
+    @classmethod
+    def defaults_for(cls, image_size: tuple[int, int]) -> dict[str, Any]:
+        """Parameter defaults suited to images of ``image_size`` (H, W) in the dataset.
+
+        The runner applies them beneath any user-given parameters and records the values it used
+        in run.json. Empty by default: the ``Params`` defaults (chosen for the 64x64 synthetic set).
+        """
+        return {}
+
     # -- cost and applicability -------------------------------------------------
     def cost(self) -> tuple[float, float]:
         """(forward passes, backward passes) per image, for ``methods list`` and throughput."""
