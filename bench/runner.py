@@ -211,6 +211,41 @@ class Evaluator:
     def _salt(self, method: str) -> int:
         return int(hashlib.sha1(method.encode()).hexdigest()[:7], 16)
 
+    def _localize(self, maps: torch.Tensor, batch) -> dict[str, Any]:
+        """Localisation columns of one (method, source) pair; OM is added per source by the caller."""
+        spec = self.spec
+        b = binarize.binarize(maps, spec.binarize, **spec.binarize_params)
+        box, box_valid = boxes.box_from_mask(b, spec.box, saliency=maps, images=batch.images)
+        le = localization.localization_error(box, box_valid, batch.boxes, batch.box_valid)
+        f1, prec, rec = localization.continuous_f1(maps, batch.boxes, batch.box_valid)
+        return {
+            "binary": b, "le_t": le,
+            "box": _np(box).tolist(), "box_valid": _np(box_valid).astype(bool), "le": _np(le), "f1": _np(f1),
+            "precision": _np(prec), "recall": _np(rec), "area": _np(statistics.mask_area(maps)),
+            "binary_area": _np(b.float().flatten(1).mean(1)), "tv": _np(statistics.total_variation(maps)),
+            "entropy": _np(statistics.mask_entropy(maps)),
+        }
+
+    def _agnosticism(self, x: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, Any]]:
+        """Scores of every eval classifier on the masked-in, masked-out and inpainted images.
+
+        The three variants go through each eval classifier as one batch. A failing eval
+        classifier yields its exception in place of scores (error rows), the rest go on.
+        """
+        masked = [v for v in agnosticism.VARIANTS if v != "original"]
+        stacked = torch.cat([agnosticism.compose(x, b, v, inpaint=self.spec.inpaint) for v in masked])
+        out: dict[str, dict[str, Any]] = {}
+        n = len(x)
+        for ev in self.r.eval_models:
+            try:
+                s_all = agnosticism.classification_scores(self.classifiers[ev](stacked), labels.repeat(len(masked)))
+                out[ev] = {v: {k: _np(t[j * n : (j + 1) * n]) for k, t in s_all.items()} for j, v in enumerate(masked)}
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:
+                out[ev] = {v: exc for v in masked}
+        return out
+
     @torch.no_grad()
     def evaluate_batch(self, batch) -> tuple[dict[str, pa.Table], dict[str, int]]:
         from salbench.results import AGNOSTICISM_SCHEMA, LOCALIZATION_SCHEMA
@@ -236,7 +271,10 @@ class Evaluator:
         ids = dict(image_index=_np(batch.index).astype(np.int64), image_id=list(batch.ids), label=_np(labels).astype(np.int64))
 
         logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
-        scores_clean = {name: agnosticism.classification_scores(lg, labels) for name, lg in logits_clean.items()}
+        scores_clean = {name: {k: _np(v) for k, v in agnosticism.classification_scores(lg, labels).items()} for name, lg in logits_clean.items()}
+        # Classifier-independent methods (controls, trained maskers) give the same maps for every
+        # source classifier: compute maps and eval scores once, write rows for every source.
+        shared: dict[str, Any] = {}
 
         for src in r.models:
             src_logits = logits_clean[src]
@@ -246,57 +284,41 @@ class Evaluator:
                 if (mname, src) in self.not_applicable:
                     continue
                 row_base = dict(**base, **ids, method=mname, source_model=src)
-                try:
-                    seeds = image_seeds(spec.seed, batch.index, self._salt(mname))
-                    maps = method(self.classifiers[src], x, targets, seeds)
-                    b = binarize.binarize(maps, spec.binarize, **spec.binarize_params)
-                    box, box_valid = boxes.box_from_mask(b, spec.box, saliency=maps, images=x)
-                    le = localization.localization_error(box, box_valid, batch.boxes, batch.box_valid)
-                    om = localization.official_metric(le, source_correct)
-                    f1, prec, rec = localization.continuous_f1(maps, batch.boxes, batch.box_valid)
-                    loc.add(
-                        **row_base, binarize=spec.binarize, box=_np(box).tolist(), box_valid=_np(box_valid).astype(bool),
-                        le=_np(le), om=_np(om), f1=_np(f1), precision=_np(prec), recall=_np(rec),
-                        area=_np(statistics.mask_area(maps)), binary_area=_np(b.float().flatten(1).mean(1)),
-                        tv=_np(statistics.total_variation(maps)), entropy=_np(statistics.mask_entropy(maps)),
-                        target=_np(targets).astype(np.int64), source_correct=_np(source_correct).astype(bool), error=None,
-                    )
-                    counts["maps"] += len(x)
-                except torch.cuda.OutOfMemoryError:
-                    raise  # handled by evaluate_with_retry: split the batch
-                except Exception as exc:  # one method failing on one batch is an error row, not a crash
-                    counts["errors"] += len(x)
-                    loc.add(**row_base, binarize=spec.binarize, error=_one_line(exc), source_correct=_np(source_correct).astype(bool))
-                    if os.environ.get("SALBENCH_DEBUG"):
-                        traceback.print_exc()
-                    continue
-                masked = [v for v in agnosticism.VARIANTS if v != "original"]
-                try:
-                    stacked = torch.cat([agnosticism.compose(x, b, v, inpaint=spec.inpaint) for v in masked])
-                except torch.cuda.OutOfMemoryError:
-                    raise
-                except Exception as exc:
-                    counts["errors"] += len(x)
-                    for ev in r.eval_models:
-                        agn.add(**row_base, eval_model=ev, variant="inpainted", inpaint=spec.inpaint, error=_one_line(exc))
-                    continue
-                for ev in r.eval_models:
-                    s = scores_clean[ev]
-                    agn.add(**row_base, eval_model=ev, variant="original", inpaint=spec.inpaint,
-                            top1=_np(s["top1"]), top5=_np(s["top5"]), ce=_np(s["ce"]), entropy=_np(s["entropy"]), error=None)
-                    try:  # the three masked variants in one forward pass
-                        s_all = agnosticism.classification_scores(self.classifiers[ev](stacked), labels.repeat(len(masked)))
+                independent = not method.capabilities.classifier_dependent
+                if independent and mname in shared:
+                    result = shared[mname]
+                else:
+                    try:
+                        seeds = image_seeds(spec.seed, batch.index, self._salt(mname))
+                        maps = method(self.classifiers[src], x, targets, seeds)
+                        result = self._localize(maps, batch)
+                        result["agnosticism"] = self._agnosticism(x, result.pop("binary"), labels)
                     except torch.cuda.OutOfMemoryError:
-                        raise
-                    except Exception as exc:
-                        counts["errors"] += len(x)
-                        for variant in masked:
-                            agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=_one_line(exc))
-                        continue
-                    for j, variant in enumerate(masked):
-                        part = {k: _np(v[j * len(x) : (j + 1) * len(x)]) for k, v in s_all.items()}
-                        agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint,
-                                top1=part["top1"], top5=part["top5"], ce=part["ce"], entropy=part["entropy"], error=None)
+                        raise  # handled by evaluate_with_retry: split the batch
+                    except Exception as exc:  # one method failing on one batch is an error row, not a crash
+                        if os.environ.get("SALBENCH_DEBUG"):
+                            traceback.print_exc()
+                        result = exc
+                    if independent:
+                        shared[mname] = result
+                if isinstance(result, Exception):
+                    counts["errors"] += len(x)
+                    loc.add(**row_base, binarize=spec.binarize, error=_one_line(result), source_correct=_np(source_correct).astype(bool))
+                    continue
+                om = localization.official_metric(result["le_t"], source_correct)
+                loc.add(**row_base, binarize=spec.binarize, om=_np(om), target=_np(targets).astype(np.int64),
+                        source_correct=_np(source_correct).astype(bool), error=None,
+                        **{k: v for k, v in result.items() if k not in ("le_t", "agnosticism")})
+                counts["maps"] += len(x)
+                for ev, per_variant in result["agnosticism"].items():
+                    s = scores_clean[ev]
+                    agn.add(**row_base, eval_model=ev, variant="original", inpaint=spec.inpaint, error=None, **s)
+                    for variant, scores in per_variant.items():
+                        if isinstance(scores, Exception):
+                            counts["errors"] += len(x)
+                            agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=_one_line(scores))
+                        else:
+                            agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=None, **scores)
         return {"localization": loc.table(LOCALIZATION_SCHEMA), "agnosticism": agn.table(AGNOSTICISM_SCHEMA)}, counts
 
 
