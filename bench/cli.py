@@ -46,10 +46,12 @@ def main() -> None:
 @click.option("--device", help="auto (default), cpu, cuda, cuda:N.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
 @click.option("--workers", type=int, help="Data-loading worker processes.")
+@click.option("--map-cache", help="Saliency-map cache directory ('auto': $SALBENCH_HOME/maps); later runs reuse stored maps.")
+@click.option("--map-precision", type=click.Choice(["float32", "float16", "uint8"]), help="Precision maps are rounded to and stored at.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: results/<dataset>-<spec hash>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (with --out, or the newest run of the same spec).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(config_path, dataset, methods, exclude_methods, models, eval_models, limit, batch_size, binarize, inpaint, target, seed, device, dtype, workers, out, resume, no_progress):
+def run(config_path, dataset, methods, exclude_methods, models, eval_models, limit, batch_size, binarize, inpaint, target, seed, device, dtype, workers, map_cache, map_precision, out, resume, no_progress):
     """Run the benchmark (no arguments: the embedded synthetic default with the zoo)."""
     from salbench.config import RunSpec
     from salbench.runner import run as run_spec
@@ -58,7 +60,7 @@ def run(config_path, dataset, methods, exclude_methods, models, eval_models, lim
     spec = spec.replace(
         dataset=dataset, methods=methods, exclude_methods=exclude_methods, models=models, eval_models=eval_models,
         limit=limit, batch_size=batch_size, binarize=binarize, inpaint=inpaint, target=target, seed=seed,
-        device=device, dtype=dtype, workers=workers,
+        device=device, dtype=dtype, workers=workers, map_cache=map_cache, map_precision=map_precision,
     )
     spec.__post_init__()
     run_dir = run_spec(spec, out, resume=resume, progress=not no_progress)

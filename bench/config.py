@@ -35,6 +35,8 @@ class RunSpec:
     dtype: str = "float32"
     channels_last: bool = False
     workers: int = 0
+    map_cache: str | None = None  # directory of the saliency-map cache ("auto": $SALBENCH_HOME/maps)
+    map_precision: str = "float32"  # maps are rounded to this before use (and stored at it)
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     name: str | None = None
@@ -50,6 +52,9 @@ class RunSpec:
             raise UsageError(f"batch_size={self.batch_size}: expected a positive integer")
         if self.target not in TARGETS:
             raise UsageError(f"target={self.target!r}: expected one of {', '.join(TARGETS)}")
+        from salbench.mapcache import check_precision
+
+        check_precision(self.map_precision)
         if not self.models:
             raise UsageError("models is empty: expected at least one source classifier")
 
@@ -104,7 +109,7 @@ class RunSpec:
 
 
 # Fields that change where or how fast a run executes but not its numbers.
-EXECUTION_ONLY = ("device", "name", "workers")
+EXECUTION_ONLY = ("device", "name", "workers", "map_cache")
 
 
 def spec_hash(resolved: dict[str, Any]) -> str:

@@ -200,6 +200,13 @@ class Evaluator:
         self.methods: dict[str, SaliencyMethod] = {m: create_method(m, **self.spec.method_params.get(m, {})) for m in resolved.methods}
         for i, m in enumerate(self.methods.values()):
             m.seed = self.spec.seed
+        self.map_cache = None
+        if self.spec.map_cache:
+            from salbench.mapcache import MapCache
+            from salbench.zoo import zoo_home
+
+            root = zoo_home().parent / "maps" if self.spec.map_cache == "auto" else Path(self.spec.map_cache)
+            self.map_cache = MapCache(root, self.spec.map_precision)
         self.not_applicable: dict[tuple[str, str], str] = {}
         for src in resolved.models:
             for name, method in self.methods.items():
@@ -207,6 +214,35 @@ class Evaluator:
                     method.check(self.classifiers[src])
                 except NotApplicable as exc:
                     self.not_applicable[(name, src)] = str(exc)
+
+    def _map_key(self, mname: str, src: str) -> str:
+        from salbench.mapcache import map_key
+
+        independent = not self.methods[mname].capabilities.classifier_dependent
+        clf = self.classifiers[src]
+        return map_key({
+            "dataset": self.r.dataset.spec, "image_size": list(self.r.dataset.image_size),
+            "method": self.r.method_configs[mname], "seed": self.spec.seed, "precision": self.spec.map_precision,
+            "source": None if independent else [src, clf.meta.get("weights_sha256"), self.spec.target, self.spec.dtype,
+                                                 self.spec.model_overrides.get(src)],
+        })
+
+    def _maps(self, mname: str, src: str, x: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, counts: dict[str, int]) -> torch.Tensor:
+        """Maps of one (method, source) batch, from the map cache when it holds them."""
+        from salbench.mapcache import quantize
+
+        key = self._map_key(mname, src) if self.map_cache is not None else ""
+        if self.map_cache is not None:
+            cached = self.map_cache.load(key, index)
+            if cached is not None:
+                counts["maps_reused"] = counts.get("maps_reused", 0) + len(x)
+                return cached.to(x.device)
+        seeds = image_seeds(self.spec.seed, index, self._salt(mname))
+        maps = quantize(self.methods[mname](self.classifiers[src], x, targets, seeds), self.spec.map_precision)
+        counts["maps_computed"] = counts.get("maps_computed", 0) + len(x)
+        if self.map_cache is not None:
+            self.map_cache.save(key, index, maps, {"method": mname, "source": src, "dataset": self.r.dataset.spec})
+        return maps
 
     def _salt(self, method: str) -> int:
         return int(hashlib.sha1(method.encode()).hexdigest()[:7], 16)
@@ -289,8 +325,7 @@ class Evaluator:
                     result = shared[mname]
                 else:
                     try:
-                        seeds = image_seeds(spec.seed, batch.index, self._salt(mname))
-                        maps = method(self.classifiers[src], x, targets, seeds)
+                        maps = self._maps(mname, src, x, targets, batch.index, counts)
                         result = self._localize(maps, batch)
                         result["agnosticism"] = self._agnosticism(x, result.pop("binary"), labels)
                     except torch.cuda.OutOfMemoryError:
