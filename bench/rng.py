@@ -12,7 +12,7 @@ import torch
 _M32 = 0xFFFFFFFF
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
+def mix32(x: torch.Tensor) -> torch.Tensor:
     x = x & _M32
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & _M32
@@ -21,9 +21,14 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def derive_seeds(seeds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """One 32-bit seed per (seed, sub-index) pair, elementwise (e.g. one per RISE mask of an image)."""
+    return mix32(mix32(seeds.to(torch.int64)) ^ mix32(index.to(torch.int64) * 0x9E3779B1 + 0x2545F491))
+
+
 def image_seeds(base_seed: int, index: torch.Tensor, salt: int = 0) -> torch.Tensor:
     """Per-image seeds from the run seed, a per-method salt and the dataset index of each image."""
-    s = _mix32(torch.as_tensor(index, dtype=torch.int64) + _mix32(torch.tensor(base_seed * 0x9E3779B1 + salt, dtype=torch.int64)))
+    s = mix32(torch.as_tensor(index, dtype=torch.int64) + mix32(torch.tensor(base_seed * 0x9E3779B1 + salt, dtype=torch.int64)))
     return s
 
 
@@ -34,5 +39,5 @@ def uniform(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device | 
     for s in shape:
         n *= s
     counter = torch.arange(n, device=device, dtype=torch.int64)
-    h = _mix32(_mix32(seeds.to(device, torch.int64)[:, None] * 0x632BE5AB + counter[None, :]) + 0x5BD1E995)
+    h = mix32(mix32(seeds.to(device, torch.int64)[:, None] * 0x632BE5AB + counter[None, :]) + 0x5BD1E995)
     return (h.to(torch.float64) / 2**32).to(torch.float32).view(len(seeds), *shape)

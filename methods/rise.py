@@ -27,23 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from salbench.methods.base import Capabilities, SaliencyMethod, register_method
-from salbench.rng import uniform
-
-_M32 = 0xFFFFFFFF
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    x = x & _M32
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _M32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _M32
-    return x ^ (x >> 16)
-
+from salbench.rng import derive_seeds, uniform
 
 def mask_seeds(seeds: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
     """One 32-bit seed per (image seed, mask index) pair, elementwise."""
-    return _mix32(_mix32(seeds.to(torch.int64)) ^ _mix32(mask_index.to(torch.int64) * 0x9E3779B1 + 0x2545F491))
+    return derive_seeds(seeds, mask_index)
 
 
 def rise_masks(seeds: torch.Tensor, size: tuple[int, int], grid: int, p: float) -> torch.Tensor:
