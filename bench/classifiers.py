@@ -269,6 +269,7 @@ class ModelOptions:
     amp_dtype: torch.dtype = torch.float32
     channels_last: bool = False
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fold_bn: bool = True  # fold eval-mode BatchNorm into the preceding conv (same function, ~10% faster)
 
 
 def state_dict_checksum(model: nn.Module) -> str:
@@ -324,8 +325,51 @@ def load_classifier(spec: str, options: ModelOptions | None = None) -> Classifie
         num_classes = int(model.num_classes)
         meta = {"source": "timm-pretrained", "arch": spec}
     meta["weights_sha256"] = state_dict_checksum(model)
+    if options.fold_bn:
+        meta["bn_folded"] = fold_batchnorm(model.eval(), torch.rand(2, *pre.input_size, generator=torch.Generator().manual_seed(0)))
     clf = Classifier(model, spec, pre, num_classes, meta=meta, amp_dtype=options.amp_dtype, channels_last=options.channels_last, feature_layer=feature_layer)
     return clf.to(options.device)
+
+
+def fold_batchnorm(model: nn.Module, probe: torch.Tensor, tol: float = 1e-4) -> int:
+    """Fold every eval-mode BatchNorm2d that reads a Conv2d's output into that conv, in place.
+
+    Pairs are found on a probe forward pass (outputs kept alive so tensor ids stay unique);
+    timm's BatchNormAct2d keeps its dropout/activation. The folded model is checked against the
+    original on the probe and put back if a logit moves by more than ``tol`` (relative), e.g.
+    when a conv output also feeds another layer. Returns the number of folded pairs.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    outs: dict[int, tuple[nn.Module, torch.Tensor]] = {}
+    pairs: list[tuple[nn.Module | None, nn.Module]] = []
+    hooks = [m.register_forward_hook(lambda m, a, o: outs.__setitem__(id(o), (m, o))) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_pre_hook(lambda m, a: pairs.append((outs.get(id(a[0]), (None,))[0], m)))
+              for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    try:
+        with torch.no_grad():
+            ref = model(probe)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs.clear()
+    pairs = [(c, b) for c, b in pairs if c is not None and not b.training and b.track_running_stats]
+    parent = {id(c): (p, n) for p in model.modules() for n, c in p.named_children()}
+    replaced = []
+    for conv, bn in pairs:
+        rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]  # timm BatchNormAct2d
+        for orig, new in ((conv, fuse_conv_bn_eval(conv, bn)), (bn, nn.Sequential(*rest) if rest else nn.Identity())):
+            p, n = parent[id(orig)]
+            setattr(p, n, new)
+            replaced.append((p, n, orig))
+    if pairs:
+        with torch.no_grad():
+            err = (model(probe) - ref).abs().max().item()
+        if err > tol * max(1.0, ref.abs().max().item()):
+            for p, n, orig in reversed(replaced):
+                setattr(p, n, orig)
+            return 0
+    return len(pairs)
 
 
 def _check_timm_name(arch: str) -> None:

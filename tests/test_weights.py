@@ -54,7 +54,8 @@ def test_load_classifier_gives_identical_logits(model, tmp_path, kind):
         path = tmp_path / "w.safetensors"
         save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     spec = f"test_resnet@{path}"
-    clf = load_classifier(spec, ModelOptions(overrides={spec: {"mean": MEAN, "std": STD, "input_size": 32}}))
+    overrides = {spec: {"mean": MEAN, "std": STD, "input_size": 32}}
+    clf = load_classifier(spec, ModelOptions(overrides=overrides, fold_bn=False))
     assert clf.num_classes == 10 and clf.preprocess.input_size == (3, 32, 32)
     assert clf.meta["source"] == "local-file" and clf.meta["arch"] == "test_resnet"
     assert clf.meta["file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -62,6 +63,11 @@ def test_load_classifier_gives_identical_logits(model, tmp_path, kind):
     with torch.no_grad():
         got = clf(x)
     assert torch.equal(got, _reference_logits(model, x))
+    # the default load folds eval-mode BatchNorm into the convolutions: same function up to float rounding
+    folded = load_classifier(spec, ModelOptions(overrides=overrides))
+    assert folded.meta["bn_folded"] > 0 and folded.meta["weights_sha256"] == clf.meta["weights_sha256"]
+    with torch.no_grad():
+        assert torch.allclose(folded(x), got, atol=1e-4, rtol=1e-4)
 
 
 def test_num_classes_inferred_from_the_classifier_weight(tmp_path):

@@ -149,7 +149,7 @@ def _reference_modified_gradient(clf: Classifier, x, t, rule: str) -> torch.Tens
 
 @pytest.fixture(scope="module")
 def resnet():
-    from conftest import make_classifier
+    from testutils import make_classifier
 
     return make_classifier("test_resnet")
 
@@ -201,7 +201,7 @@ def test_guided_methods_refuse_networks_with_other_activations(model, reason):
 
 @pytest.mark.parametrize("arch, kw, reason", [("test_vit", {"img_size": 32, "patch_size": 8}, "GELU"), ("test_efficientnet", {}, "SiLU"), ("test_convnext", {}, "GELU")])
 def test_guided_methods_not_applicable_to_gelu_silu_timm_models(arch, kw, reason):
-    from conftest import make_classifier
+    from testutils import make_classifier
 
     clf = make_classifier(arch, **kw)
     with pytest.raises(NotApplicable, match=reason):
@@ -255,7 +255,7 @@ class GapReluLinear(nn.Module):
     ],
 )
 def test_cam_not_applicable_without_a_gap_linear_head(arch, kw, reason):
-    from conftest import make_classifier
+    from testutils import make_classifier
 
     clf = make_classifier(arch, **kw)
     with pytest.raises(NotApplicable, match=reason):

@@ -1,0 +1,283 @@
+"""Compare two run directories and flag regressions (``salbench compare OLD NEW``).
+
+What is compared:
+
+* metrics, per (method, source classifier), from the Parquet tables: LE, OM and F1 means and
+  the top-1 means of the eval classifiers (all eval classifiers and images pooled) on the
+  original, masked-in, masked-out and inpainted images, all in percent; a value that moves by
+  more than ``metric_tol`` percentage points *in either direction* is a regression (a refactor
+  should not move numbers; an intended change is reviewed and the baseline replaced). Also a
+  regression: more error rows than before, and a (method, source) pair that disappeared;
+* throughput, per configuration (``throughput.CONFIG_KEY``: kind, method, model, device, dtype,
+  batch size, image size, channels_last, compiled, eval models, inpainting) when both
+  directories have ``throughput.parquet``: images/s dropping by more than ``throughput_drop``
+  percent, or a configuration that measured before and fails now, is a regression.
+
+Runs measured under different protocols (dataset, image count, binarisation, box rule,
+inpainting backend, target) are refused: their numbers are not comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from salbench.errors import UsageError
+from salbench.metrics import METRICS
+
+#: run.json spec keys that must agree for metrics to be comparable.
+PROTOCOL_KEYS = ("protocol", "dataset", "num_images", "binarize", "binarize_params", "box", "inpaint", "target")
+LOCALIZATION_METRICS = ("le", "om", "f1")
+VARIANT_METRICS = ("original_top1", "masked_in_top1", "masked_out_top1", "inpainted_top1")
+
+
+@dataclass
+class Change:
+    """One compared value."""
+
+    table: str  # localization | agnosticism | errors | pairs | throughput
+    key: str  # "method / source_model", or a throughput configuration
+    metric: str
+    old: float
+    new: float
+    change: float  # pp (metrics), % (throughput), count (errors)
+    unit: str  # "pp" | "%" | ""
+    limit: float
+    regressed: bool
+    verdict: str = ""  # worse | better | changed | missing | failing
+
+    def cells(self) -> list[str]:
+        def num(v: float) -> str:
+            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+        ch = "-" if math.isnan(self.change) else f"{self.change:+.2f}{(' ' + self.unit) if self.unit else ''}"
+        lim = {"pp": f"±{self.limit:g} pp", "%": f"-{self.limit:g}%", "": f"+{self.limit:g}"}[self.unit]
+        return [self.table, self.key, self.metric, num(self.old), num(self.new), ch, lim, self.verdict]
+
+
+@dataclass
+class Comparison:
+    old: Path
+    new: Path
+    changes: list[Change] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    metric_tol: float = 0.5
+    throughput_drop: float = 10.0
+
+    @property
+    def regressions(self) -> list[Change]:
+        return [c for c in self.changes if c.regressed]
+
+    @property
+    def ok(self) -> bool:
+        return not self.regressions
+
+
+# --------------------------------------------------------------------------- loading
+def _check_dir(path: str | Path) -> tuple[Path, dict[str, Any] | None, bool]:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{str(p)!r} does not exist")
+    if not p.is_dir():
+        raise UsageError(f"{str(p)!r} is not a directory")
+    meta = None
+    if (p / "run.json").is_file():
+        try:
+            meta = json.loads((p / "run.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{str(p / 'run.json')!r} is not valid JSON: {exc}") from None
+        if not isinstance(meta, dict):
+            raise UsageError(f"{str(p / 'run.json')!r} is not a salbench run.json")
+    has_tp = (p / "throughput.parquet").is_file()
+    if meta is None and not has_tp:
+        raise UsageError(f"{str(p)!r} is not a salbench run directory (no run.json and no throughput.parquet)")
+    return p, meta, has_tp
+
+
+def _protocol(meta: dict[str, Any]) -> dict[str, Any]:
+    spec = meta.get("spec") or {}
+    return {k: spec.get(k) for k in PROTOCOL_KEYS}
+
+
+def check_protocol(old_meta: dict[str, Any], new_meta: dict[str, Any]) -> None:
+    """Raise UsageError naming every protocol setting that differs between two runs."""
+    a, b = _protocol(old_meta), _protocol(new_meta)
+    diff = [k for k in PROTOCOL_KEYS if json.dumps(a[k], sort_keys=True, default=str) != json.dumps(b[k], sort_keys=True, default=str)]
+    if diff:
+        shown = "; ".join(f"{k}: {json.dumps(a[k], default=str)} vs {json.dumps(b[k], default=str)}" for k in diff)
+        raise UsageError(f"runs use different protocols, their metrics are not comparable ({shown})")
+
+
+def metric_means(run_dir: str | Path) -> pd.DataFrame:
+    """Per (method, source_model): LE/OM/F1 and per-variant top-1 means in percent, error counts."""
+    from salbench.results import read_table
+
+    loc = read_table(run_dir, "localization", columns=["method", "source_model", "le", "om", "f1", "error"])
+    agn = read_table(run_dir, "agnosticism", columns=["method", "source_model", "variant", "top1", "error"])
+    keys = ["method", "source_model"]
+    parts = []
+    if len(loc):
+        ok = loc[loc["error"].isna()]
+        parts.append(ok.groupby(keys)[list(LOCALIZATION_METRICS)].mean().mul(100))
+        parts.append(loc.assign(errors=loc["error"].notna().astype(int)).groupby(keys)[["errors"]].sum())
+    if len(agn):
+        ok = agn[agn["error"].isna()]
+        if len(ok):
+            top1 = ok.groupby([*keys, "variant"])["top1"].mean().mul(100).unstack("variant")
+            top1.columns = [f"{c}_top1" for c in top1.columns]
+            parts.append(top1)
+        parts.append(agn.assign(agn_errors=agn["error"].notna().astype(int)).groupby(keys)[["agn_errors"]].sum())
+    if not parts:
+        return pd.DataFrame(columns=[*LOCALIZATION_METRICS, *VARIANT_METRICS, "errors"], index=pd.MultiIndex.from_tuples([], names=keys))
+    df = pd.concat(parts, axis=1)
+    errors = pd.Series(0.0, index=df.index)
+    for col in ("errors", "agn_errors"):
+        if col in df.columns:
+            errors = errors + df.pop(col).fillna(0)
+    df["errors"] = errors
+    return df
+
+
+def _direction(metric: str, change: float) -> str:
+    if change == 0:
+        return ""
+    info = METRICS.get(metric)
+    if info is None or info.direction is None:
+        return "changed"
+    better = (change > 0) == (info.direction == "higher")
+    return "better" if better else "worse"
+
+
+# --------------------------------------------------------------------------- comparing
+def compare_metrics(old: Path, new: Path, tol: float, out: Comparison) -> None:
+    a, b = metric_means(old), metric_means(new)
+    cols = [c for c in (*LOCALIZATION_METRICS, *VARIANT_METRICS) if c in a.columns or c in b.columns]
+    for idx in a.index:
+        key = " / ".join(idx)
+        if idx not in b.index:
+            out.changes.append(Change("pairs", key, "(all)", math.nan, math.nan, math.nan, "", 0, True, "missing in NEW"))
+            continue
+        for col in cols:
+            va = float(a.at[idx, col]) if col in a.columns else math.nan
+            vb = float(b.at[idx, col]) if col in b.columns else math.nan
+            table = "localization" if col in LOCALIZATION_METRICS else "agnosticism"
+            if math.isnan(va) and math.isnan(vb):
+                continue
+            if math.isnan(va) or math.isnan(vb):
+                out.changes.append(Change(table, key, col, va, vb, math.nan, "pp", tol, True, "missing in NEW" if math.isnan(vb) else "new value"))
+                continue
+            d = vb - va
+            out.changes.append(Change(table, key, col, va, vb, d, "pp", tol, abs(d) > tol + 1e-9, _direction(col, d)))
+        ea = float(a.at[idx, "errors"]) if "errors" in a.columns and not pd.isna(a.at[idx, "errors"]) else 0.0
+        eb = float(b.at[idx, "errors"]) if "errors" in b.columns and not pd.isna(b.at[idx, "errors"]) else 0.0
+        out.changes.append(Change("errors", key, "error rows", ea, eb, eb - ea, "", 0, eb > ea, "worse" if eb > ea else ("better" if eb < ea else "")))
+    extra = [" / ".join(i) for i in b.index if i not in a.index]
+    if extra:
+        out.notes.append(f"only in NEW (not compared): {', '.join(extra)}")
+
+
+def _config_label(r: dict[str, Any]) -> str:
+    s = f"{r['kind']} {r['method']} {r['model']} bs={r['batch_size']} {r['dtype']} {r['image_size']}px"
+    if r["channels_last"]:
+        s += " channels_last"
+    if r["compiled"]:
+        s += " compiled"
+    if r["kind"] == "pipeline":
+        s += f" eval={r['eval_models']} {r['inpaint']}"
+    return s
+
+
+def compare_throughput(old: Path, new: Path, drop: float, out: Comparison) -> None:
+    from salbench.throughput import CONFIG_KEY, read_throughput
+
+    def rows(p: Path) -> dict[tuple, dict[str, Any]]:
+        t = read_throughput(p).to_pylist()
+        t.sort(key=lambda r: r["timestamp"] or "")
+        return {tuple(r[k] for k in CONFIG_KEY): r for r in t}  # latest row per configuration wins
+
+    a, b = rows(old), rows(new)
+    common = [k for k in a if k in b]
+    if a and b and not common:
+        devs = lambda d: ", ".join(sorted({r["device"] for r in d.values()}))  # noqa: E731
+        out.notes.append(f"throughput: no configuration measured in both (OLD on {devs(a)}; NEW on {devs(b)})")
+        return
+    for k in common:
+        ra, rb = a[k], b[k]
+        label = _config_label(ra)
+        if ra["error"]:
+            continue  # nothing to regress from
+        if rb["error"]:
+            out.changes.append(Change("throughput", label, "images_per_s", ra["images_per_s"], math.nan, math.nan, "%", drop, True, f"failing: {rb['error'][:60]}"))
+            continue
+        va, vb = float(ra["images_per_s"]), float(rb["images_per_s"])
+        pct = (vb - va) / va * 100 if va > 0 else math.nan
+        regressed = not math.isnan(pct) and -pct > drop + 1e-9
+        out.changes.append(Change("throughput", label, "images_per_s", va, vb, pct, "%", drop, regressed, "worse" if pct < 0 else ("better" if pct > 0 else "")))
+    missing = [k for k in a if k not in b and not a[k]["error"]]
+    if missing:
+        out.notes.append(f"throughput: {len(missing)} configuration(s) of OLD not measured in NEW (not compared)")
+
+
+def compare_runs(old: str | Path, new: str | Path, metric_tol: float = 0.5, throughput_drop: float = 10.0) -> Comparison:
+    """Compare two run (or throughput-only) directories; raises UsageError for bad input."""
+    if metric_tol < 0 or throughput_drop < 0:
+        raise UsageError(f"tolerances must be non-negative (metric-tol {metric_tol}, throughput-drop {throughput_drop})")
+    old_p, old_meta, old_tp = _check_dir(old)
+    new_p, new_meta, new_tp = _check_dir(new)
+    out = Comparison(old_p, new_p, metric_tol=metric_tol, throughput_drop=throughput_drop)
+    if (old_meta is None) != (new_meta is None):
+        which, other = (old_p, new_p) if old_meta is None else (new_p, old_p)
+        raise UsageError(f"{str(which)!r} holds only throughput results but {str(other)!r} is an evaluation run; nothing comparable on the metrics side")
+    if old_meta is not None and new_meta is not None:
+        check_protocol(old_meta, new_meta)
+        for meta, p in ((old_meta, old_p), (new_meta, new_p)):
+            if meta.get("status") not in (None, "complete"):
+                out.notes.append(f"{p} is not complete (status {meta.get('status')!r}): only its finished batches are compared")
+        cfg_a = (old_meta.get("spec") or {}).get("method_configs") or {}
+        cfg_b = (new_meta.get("spec") or {}).get("method_configs") or {}
+        changed = sorted(m for m in set(cfg_a) & set(cfg_b) if cfg_a[m] != cfg_b[m])
+        if changed:
+            out.notes.append(f"method parameters differ for: {', '.join(changed)}")
+        compare_metrics(old_p, new_p, metric_tol, out)
+    if old_tp and new_tp:
+        compare_throughput(old_p, new_p, throughput_drop, out)
+    elif old_tp or new_tp:
+        out.notes.append(f"throughput: only {'OLD' if old_tp else 'NEW'} has throughput.parquet (not compared)")
+    if not out.changes:  # a gate that compared nothing must not pass silently
+        raise UsageError("nothing to compare between the two directories" + (f" ({'; '.join(out.notes)})" if out.notes else ""))
+    return out
+
+
+# --------------------------------------------------------------------------- output
+HEADER = ["table", "what", "metric", "old", "new", "change", "limit", ""]
+
+
+def _render(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+    right = {3, 4, 5}
+    lines = []
+    for r in [HEADER, *rows]:
+        lines.append("  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths).rstrip())
+    return "\n".join(lines)
+
+
+def format_comparison(cmp: Comparison, show_all: bool = False) -> str:
+    parts = [f"compare {cmp.old} -> {cmp.new}  (metric tolerance ±{cmp.metric_tol:g} pp, throughput drop limit {cmp.throughput_drop:g}%)"]
+    shown = cmp.changes if show_all else cmp.regressions
+    n_metric = sum(c.table != "throughput" for c in cmp.changes)
+    n_tp = sum(c.table == "throughput" for c in cmp.changes)
+    if shown:
+        parts.append(_render([c.cells() for c in shown]))
+    for n in cmp.notes:
+        parts.append(f"note: {n}")
+    if cmp.regressions:
+        parts.append(f"REGRESSED: {len(cmp.regressions)} of {len(cmp.changes)} compared values ({n_metric} metric, {n_tp} throughput)")
+    else:
+        parts.append(f"OK: {n_metric} metric values and {n_tp} throughput configurations within tolerance")
+    return "\n".join(parts)

@@ -1,0 +1,188 @@
+"""``salbench compare``: identical runs pass, perturbed metrics / throughput fail, bad input exits 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+
+from salbench.cli_perf import compare
+from salbench.compare import compare_runs, metric_means
+from salbench.results import AGNOSTICISM_SCHEMA, LOCALIZATION_SCHEMA, RunWriter, atomic_write_json
+from salbench.throughput import THROUGHPUT_SCHEMA, write_throughput
+
+METHODS = ("gradcam", "gradient")
+SOURCES = ("zoo:a", "zoo:b")
+N_IMAGES = 20
+
+
+def _spec(**changes):
+    spec = {
+        "dataset": "synthetic?n=20",
+        "protocol": {"dataset": "synthetic?n=20", "image_size": [64, 64], "num_classes": 10},
+        "num_images": N_IMAGES,
+        "binarize": "mean_area",
+        "binarize_params": {},
+        "box": "largest",
+        "inpaint": "telea",
+        "target": "label",
+        "method_configs": {m: {"name": m, "params": {}} for m in METHODS},
+    }
+    spec.update(changes)
+    return spec
+
+
+def _tables(perturb: dict | None = None):
+    """Deterministic localization / agnosticism rows; ``perturb`` flips some per-image values."""
+    perturb = perturb or {}
+    loc: dict[str, list] = {f.name: [] for f in LOCALIZATION_SCHEMA}
+    agn: dict[str, list] = {f.name: [] for f in AGNOSTICISM_SCHEMA}
+    for mi, method in enumerate(METHODS):
+        for si, src in enumerate(SOURCES):
+            for i in range(N_IMAGES):
+                le = float((i + mi + si) % 3 == 0)
+                if perturb.get(("le", method, src)) and i < perturb[("le", method, src)]:
+                    le = 1.0 - le
+                row = dict(run_id="r", dataset="synthetic?n=20", image_index=i, image_id=f"{i:05d}", label=i % 10, method=method,
+                           source_model=src, binarize="mean_area", box=[0.0, 0.0, 10.0, 10.0], box_valid=True, le=le, om=le,
+                           f1=0.25 + 0.01 * i, precision=0.5, recall=0.5, area=0.3, binary_area=0.3, tv=0.01, entropy=0.1,
+                           target=i % 10, source_correct=True, error=None)
+                for k in loc:
+                    loc[k].append(row.get(k))
+                for ev in SOURCES:
+                    for variant in ("original", "masked_in", "masked_out", "inpainted"):
+                        top1 = float((i + len(variant) + mi) % 2 == 0)
+                        r = dict(run_id="r", dataset="synthetic?n=20", image_index=i, image_id=f"{i:05d}", label=i % 10, method=method,
+                                 source_model=src, eval_model=ev, variant=variant, inpaint="telea", top1=top1, top5=1.0, ce=1.0,
+                                 entropy=1.0, error=None)
+                        for k in agn:
+                            agn[k].append(r.get(k))
+    return pa.table(loc, schema=LOCALIZATION_SCHEMA), pa.table(agn, schema=AGNOSTICISM_SCHEMA)
+
+
+def make_run(path: Path, perturb: dict | None = None, spec: dict | None = None, throughput: list[float] | None = None) -> Path:
+    path.mkdir(parents=True)
+    loc, agn = _tables(perturb)
+    RunWriter(path).write_unit(0, {"localization": loc, "agnosticism": agn}, {"unit": 0, "images": N_IMAGES, "maps": 80, "errors": 0})
+    atomic_write_json(path / "run.json", {"run_id": "r", "hash": "h", "spec": spec or _spec(), "status": "complete"})
+    if throughput is not None:
+        write_throughput(path, _throughput_table(throughput))
+    return path
+
+
+def _throughput_table(ips: list[float], errors: list[str | None] | None = None) -> pa.Table:
+    rows = []
+    for i, v in enumerate(ips):
+        rows.append(dict(run_id="t", kind="method", method=METHODS[i % 2], model="random:resnet18", device="cpu (x86_64, 2 threads)",
+                         device_type="cpu", dtype="float32", batch_size=8 * (1 + i // 2), image_size=224, channels_last=False, compiled=False,
+                         eval_models=0, inpaint=None, images_per_s=v, ms_per_batch=8 * (1 + i // 2) / v * 1e3, ms_per_batch_min=1.0,
+                         ms_per_batch_max=2.0, peak_mem_mb=10.0, mem_kind="cpu_peak_rss_delta", warmup=1, iters=3, notes=None,
+                         error=(errors or [None] * len(ips))[i], versions="{}", timestamp="2025-01-01T00:00:00+00:00"))
+    return pa.Table.from_pylist(rows, schema=THROUGHPUT_SCHEMA)
+
+
+def _cli(*args):
+    return CliRunner().invoke(compare, [str(a) for a in args])
+
+
+def test_identical_runs_exit_0(tmp_path):
+    a = make_run(tmp_path / "a", throughput=[100.0, 50.0, 90.0, 40.0])
+    b = make_run(tmp_path / "b", throughput=[100.0, 50.0, 90.0, 40.0])
+    res = _cli(a, b)
+    assert res.exit_code == 0, res.output
+    assert "OK:" in res.output and "4 throughput configurations" in res.output
+    cmp = compare_runs(a, b)
+    assert cmp.ok and all(c.change == 0 for c in cmp.changes)
+
+
+def test_metric_means_are_percent_per_method_and_source(tmp_path):
+    a = make_run(tmp_path / "a")
+    df = metric_means(a)
+    assert set(df.index) == {(m, s) for m in METHODS for s in SOURCES}
+    assert {"le", "om", "f1", "masked_in_top1", "masked_out_top1", "inpainted_top1", "original_top1", "errors"} <= set(df.columns)
+    assert df["f1"].between(0, 100).all() and (df["errors"] == 0).all()
+
+
+def test_metric_moved_beyond_tolerance_exits_1(tmp_path):
+    a = make_run(tmp_path / "a")
+    b = make_run(tmp_path / "b", perturb={("le", "gradcam", "zoo:a"): 1})  # 1 of 20 images flips: 5 pp
+    res = _cli(a, b, "--metric-tol", "0.5")
+    assert res.exit_code == 1, res.output
+    assert "REGRESSED" in res.output
+    lines = [ln.split() for ln in res.output.splitlines() if ln.startswith("localization")]
+    assert sorted(ln[4] for ln in lines) == ["le", "om"]  # OM follows LE (source always right)
+    assert all(ln[1:4] == ["gradcam", "/", "zoo:a"] and ln[7] == "-5.00" for ln in lines)
+    # a looser tolerance accepts the same move
+    assert _cli(a, b, "--metric-tol", "6").exit_code == 0
+
+
+def test_throughput_drop_beyond_limit_exits_1(tmp_path):
+    a = make_run(tmp_path / "a", throughput=[100.0, 50.0])
+    b = make_run(tmp_path / "b", throughput=[80.0, 55.0])  # gradcam -20 %, gradient +10 %
+    res = _cli(a, b, "--throughput-drop", "10")
+    assert res.exit_code == 1, res.output
+    assert "throughput" in res.output and "-20.00 %" in res.output
+    assert _cli(a, b, "--throughput-drop", "25").exit_code == 0
+
+
+def test_throughput_only_directories(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_throughput(a, _throughput_table([100.0, 50.0]))
+    write_throughput(b, _throughput_table([99.0, 50.0], errors=[None, "OutOfMemoryError: boom"]))
+    cmp = compare_runs(a, b)
+    assert [c.verdict.split(":")[0] for c in cmp.regressions] == ["failing"]
+    assert _cli(a, b).exit_code == 1
+
+
+def test_different_protocol_refused(tmp_path):
+    a = make_run(tmp_path / "a")
+    b = make_run(tmp_path / "b", spec=_spec(inpaint="pushpull"))
+    res = _cli(a, b)
+    assert res.exit_code == 2
+    assert "different protocols" in res.output and "inpaint" in res.output
+    c = make_run(tmp_path / "c", spec=_spec(binarize="alpha_mean"))
+    assert "binarize" in _cli(a, c).output
+
+
+@pytest.mark.parametrize("bad", ["missing", "file", "empty"])
+def test_bad_directory_exits_2_with_one_line(tmp_path, bad):
+    a = make_run(tmp_path / "a")
+    target = tmp_path / bad
+    if bad == "file":
+        target.write_text("x")
+    elif bad == "empty":
+        target.mkdir()
+    res = _cli(a, target)
+    assert res.exit_code == 2
+    assert len(res.output.strip().splitlines()) == 1 and str(target) in res.output
+
+
+def test_missing_pair_and_extra_errors_regress(tmp_path):
+    a = make_run(tmp_path / "a")
+    b = tmp_path / "b"
+    b.mkdir()
+    loc, agn = _tables()
+    keep = pa.compute.not_equal(loc.column("method"), "gradient")
+    loc = loc.filter(keep)
+    errs = loc.column("error").to_pylist()
+    errs[0] = "RuntimeError: boom"
+    loc = loc.set_column(loc.schema.get_field_index("error"), "error", pa.array(errs, pa.string()))
+    agn = agn.filter(pa.compute.not_equal(agn.column("method"), "gradient"))
+    RunWriter(b).write_unit(0, {"localization": loc, "agnosticism": agn}, {"unit": 0})
+    atomic_write_json(b / "run.json", {"run_id": "r", "spec": _spec(), "status": "complete"})
+    cmp = compare_runs(a, b, metric_tol=100)
+    verdicts = {(c.table, c.key, c.verdict) for c in cmp.regressions}
+    assert ("pairs", "gradient / zoo:a", "missing in NEW") in verdicts
+    assert any(t == "errors" and k == "gradcam / zoo:a" for t, k, _ in verdicts)
+
+
+def test_nothing_in_common_exits_2(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_throughput(a, _throughput_table([100.0]))
+    other = _throughput_table([100.0])
+    other = other.set_column(other.schema.get_field_index("device"), "device", pa.array(["NVIDIA H100"], pa.string()))
+    write_throughput(b, other)
+    res = _cli(a, b)
+    assert res.exit_code == 2 and "nothing to compare" in res.output and "NVIDIA H100" in res.output
