@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from salbench.errors import SalbenchError, UsageError
+from salbench.errors import exit_codes
 
 
 class _Group(click.Group):
     """Maps salbench errors to one-line messages: UsageError -> exit 2, anything else -> exit 1."""
 
     def invoke(self, ctx):
-        try:
+        with exit_codes():
             return super().invoke(ctx)
-        except UsageError as exc:
-            click.echo(f"salbench: error: {exc}", err=True)
-            sys.exit(2)
-        except SalbenchError as exc:
-            click.echo(f"salbench: failed: {exc}", err=True)
-            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

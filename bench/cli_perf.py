@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from salbench.errors import SalbenchError, UsageError
+from salbench.errors import SalbenchError, UsageError, exit_codes
 from salbench.registry import split_list
 
 TRI = click.Choice(["no", "yes", "both"])
@@ -23,14 +23,8 @@ _TRI = {"no": [False], "yes": [True], "both": [False, True]}
 def _exit_codes(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with exit_codes():
             return fn(*args, **kwargs)
-        except UsageError as exc:
-            click.echo(f"salbench: error: {exc}", err=True)
-            sys.exit(2)
-        except SalbenchError as exc:
-            click.echo(f"salbench: failed: {exc}", err=True)
-            sys.exit(1)
 
     return wrapper
 

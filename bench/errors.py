@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import sys
 from collections.abc import Iterable
 
 
@@ -25,3 +27,16 @@ def close_matches(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Format ``difflib`` close matches as a suffix for an error message."""
     matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" (did you mean: {', '.join(matches)}?)" if matches else ""
+
+
+@contextlib.contextmanager
+def exit_codes():
+    """CLI error mapping: UsageError -> one line on stderr, exit 2; other salbench errors -> exit 1."""
+    try:
+        yield
+    except UsageError as exc:
+        print(f"salbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except SalbenchError as exc:
+        print(f"salbench: failed: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -37,7 +37,7 @@ from salbench.datasets import SaliencyDataset, build_dataset, collate
 from salbench.device import device_name, resolve_device, resolve_dtype
 from salbench.errors import NotApplicable, UsageError
 from salbench.methods import METHODS, SaliencyMethod, create_method
-from salbench.metrics import agnosticism, binarize, boxes, inpainting, localization, statistics
+from salbench.metrics import agnosticism, binarize, boxes, localization, statistics
 from salbench.results import RunWriter, atomic_write_json, read_run_json
 from salbench.rng import image_seeds
 from salbench.weights import check_class_count, drop_background_class
