@@ -70,6 +70,8 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     from salbench.metrics.inpainting import INPAINTERS
 
     methods = METHODS.select(spec.methods, exclude=spec.exclude_methods)
+    if list(spec.methods) == ["*"]:  # "every method": registered methods, not every cached checkpoint
+        methods = [m for m in methods if METHODS.get(m).default_selected]
     if not methods:
         raise UsageError(f"no methods left after excluding {spec.exclude_methods}")
     unknown = sorted(set(spec.method_params) - set(METHODS.names()))

@@ -43,6 +43,7 @@ class SaliencyMethod:
     name: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities] = Capabilities()
     normalization: ClassVar[str] = "max"  # "max" | "none"
+    default_selected: ClassVar[bool] = True  # part of a run that asks for every method ("*")
     description: ClassVar[str] = ""
 
     @dataclass(frozen=True)
