@@ -6,8 +6,10 @@ with ``@register_method("name")``; any module in ``salbench/methods/`` is import
 so a new file is all a new method needs (the test suite is parametrised over the registry).
 
 Normalisation rule (documented contract): the raw map ``a >= 0`` of each image is divided by its
-maximum, so the most salient pixel is 1; an all-zero map stays all zero. Methods whose raw map is
-already in [0,1] (controls, trained maskers) declare ``normalization = "none"``.
+maximum, so the most salient pixel is 1; an all-zero map stays all zero. Methods whose raw map has
+an uninformative floor (RISE: every pixel carries the mean class probability) declare
+``"minmax"``: the per-image minimum is subtracted first. Methods whose raw map is already in [0,1]
+(controls, trained maskers) declare ``normalization = "none"``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class SaliencyMethod:
 
     name: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities] = Capabilities()
-    normalization: ClassVar[str] = "max"  # "max" | "none"
+    normalization: ClassVar[str] = "max"  # "max" | "minmax" | "none"
     default_selected: ClassVar[bool] = True  # part of a run that asks for every method ("*")
     description: ClassVar[str] = ""
 
@@ -108,6 +110,9 @@ def normalize_maps(raw: torch.Tensor, rule: str) -> torch.Tensor:
     """Apply a normalisation rule per image (see module docstring)."""
     if rule == "none":
         return raw.clamp(0, 1)
+    if rule == "minmax":
+        lo = raw.flatten(1).amin(1).view(-1, 1, 1)
+        return normalize_maps(raw - lo, "max")
     if rule == "max":
         raw = raw.clamp_min(0)
         peak = raw.flatten(1).amax(1).view(-1, 1, 1)

@@ -53,6 +53,7 @@ def rise_masks(seeds: torch.Tensor, size: tuple[int, int], grid: int, p: float) 
 class RISE(SaliencyMethod):
     capabilities = Capabilities(needs_gradients=False, classifier_dependent=True, stochastic=True, family="perturb")
     description = "RISE: class probability-weighted average of random smooth masks"
+    normalization = "minmax"  # the map's floor is the mean class probability, not evidence
 
     @dataclass(frozen=True)
     class Params:

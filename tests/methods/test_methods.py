@@ -38,7 +38,7 @@ def test_maps_are_in_unit_range_at_image_size(name, classifier, images):
     assert m.shape == (5, 32, 32)
     assert m.dtype == torch.float32
     assert torch.isfinite(m).all() and m.min() >= 0 and m.max() <= 1
-    if method.normalization == "max":
+    if method.normalization in ("max", "minmax"):
         peaks = m.flatten(1).amax(1)
         assert torch.all(((peaks - 1).abs() < 1e-6) | (peaks == 0)), peaks
 
@@ -143,3 +143,13 @@ def test_unknown_parameter_is_a_clear_error():
         create_method("centre", size=3)
     with pytest.raises(UsageError, match="area"):
         create_method("centre", area=2.0)
+
+
+def test_normalization_rules():
+    from salbench.methods.base import normalize_maps
+
+    raw = torch.tensor([[[2.0, 4.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    assert torch.equal(normalize_maps(raw, "max")[0], torch.tensor([[0.5, 1.0], [0.75, 1.0]]))
+    assert torch.equal(normalize_maps(raw, "minmax")[0], torch.tensor([[0.0, 1.0], [0.5, 1.0]]))
+    assert torch.equal(normalize_maps(raw, "minmax")[1], torch.zeros(2, 2))  # constant map -> zeros
+    assert torch.equal(normalize_maps(raw.clamp(max=1) * 0.5, "none"), raw.clamp(max=1) * 0.5)
