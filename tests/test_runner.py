@@ -31,7 +31,7 @@ TINY = textwrap.dedent(
 )
 exec(TINY)
 
-SPEC = dict(dataset="synthetic?n=24&size=32", models=["zoo:tiny-*"], batch_size=8, device="cpu",
+SPEC = dict(dataset="synthetic?n=24&size=32", models=["zoo:tiny-cnn", "zoo:tiny-vit"], batch_size=8, device="cpu",
             methods=["gradient", "gradcam", "centre", "full", "random"])
 
 
