@@ -184,3 +184,26 @@ def test_torchrun_two_processes_equal_a_single_process_run(tiny_run, tmp_path):
         b = read_table(out, table).drop(columns=["run_id"]).sort_values(key).reset_index(drop=True)
         cols = [c for c in a.columns if c != "box"]
         pd.testing.assert_frame_equal(a[cols], b[cols], atol=1e-5, rtol=0)
+
+
+def test_out_of_memory_splits_the_batch_and_writes_the_same_rows(tiny_run, tmp_path, monkeypatch):
+    """A batch that runs out of device memory is split and retried; the rows equal an unsplit run's."""
+    import torch
+
+    from salbench.runner import Evaluator, run
+
+    original = Evaluator.evaluate_batch
+
+    def flaky(self, batch):
+        if len(batch) > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, batch)
+
+    monkeypatch.setattr(Evaluator, "evaluate_batch", flaky)
+    out = run(RunSpec(**SPEC), tmp_path / "oom", progress=False)
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["counts"]["oom_splits"] >= 3  # 8 -> 4+4 -> 2+2 per batch
+    key = ["source_model", "method", "image_id"]
+    a = read_table(tiny_run, "localization").drop(columns=["run_id", "box"]).sort_values(key).reset_index(drop=True)
+    b = read_table(out, "localization").drop(columns=["run_id", "box"]).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, atol=1e-5, rtol=0)
