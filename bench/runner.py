@@ -147,36 +147,28 @@ def _one_line(exc: BaseException) -> str:
 
 
 class _Rows:
-    """Column buffers for one table; values appended as whole batches (numpy arrays)."""
+    """Column chunks for one table; each ``add`` is a block of rows (scalars are broadcast,
+    columns it leaves out are null for its rows)."""
 
     def __init__(self) -> None:
-        self.cols: dict[str, list[Any]] = {}
+        self.chunks: list[tuple[int, dict[str, Any]]] = []
 
     def add(self, **columns: Any) -> None:
-        n = None
-        for v in columns.values():
-            if isinstance(v, (np.ndarray, list)):
-                n = len(v)
-                break
-        assert n is not None
-        for k, v in columns.items():
-            if not isinstance(v, (np.ndarray, list)):
-                v = [v] * n
-            self.cols.setdefault(k, []).append(v)
+        n = next(len(v) for v in columns.values() if isinstance(v, (np.ndarray, list)))
+        self.chunks.append((n, columns))
 
     def table(self, schema: pa.Schema) -> pa.Table:
-        if not self.cols:
-            return schema.empty_table()
         arrays = []
         for f in schema:
-            parts = self.cols.get(f.name)
-            if parts is None:
-                n = sum(len(p) for p in next(iter(self.cols.values())))
-                arrays.append(pa.nulls(n, f.type))
-                continue
             flat: list[Any] = []
-            for p in parts:
-                flat.extend(p.tolist() if isinstance(p, np.ndarray) else p)
+            for n, cols in self.chunks:
+                v = cols.get(f.name)
+                if isinstance(v, np.ndarray):
+                    flat.extend(v.tolist())
+                elif isinstance(v, list):
+                    flat.extend(v)
+                else:
+                    flat.extend([v] * n)
             arrays.append(pa.array(flat, type=f.type))
         return pa.Table.from_arrays(arrays, schema=schema)
 
