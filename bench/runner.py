@@ -57,6 +57,7 @@ class ResolvedRun:
     dataset: SaliencyDataset
     hash: str
     config: dict[str, Any] = field(default_factory=dict)
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
@@ -77,7 +78,10 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     unknown = sorted(set(spec.method_params) - set(METHODS.names()))
     if unknown:
         METHODS.get(unknown[0])
-    method_configs = {m: create_method(m, **spec.method_params.get(m, {})).config() for m in methods}
+    dataset = build_dataset(spec.dataset)
+    # per-dataset defaults (e.g. RISE mask count, occlusion window for the image size), then the spec's
+    method_params = {m: {**METHODS.get(m).defaults_for(tuple(dataset.image_size)), **spec.method_params.get(m, {})} for m in methods}
+    method_configs = {m: create_method(m, **method_params[m]).config() for m in methods}
     models = expand_model_specs(spec.models)
     eval_models = expand_model_specs(spec.eval_models) if spec.eval_models else list(models)
     BINARIZERS.get(spec.binarize)
@@ -85,7 +89,6 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     INPAINTERS.get(spec.inpaint)
     resolve_dtype(spec.dtype)
     resolve_device(spec.device)
-    dataset = build_dataset(spec.dataset)
     n = len(dataset) if spec.limit is None else min(spec.limit, len(dataset))
     config = {
         **spec.to_dict(),
@@ -98,7 +101,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         "method_configs": method_configs,
         "salbench_version": __version__,
     }
-    return ResolvedRun(spec, methods, models, eval_models, method_configs, dataset, spec_hash(config), config)
+    return ResolvedRun(spec, methods, models, eval_models, method_configs, dataset, spec_hash(config), config, method_params)
 
 
 def default_run_dir(resolved: ResolvedRun, root: Path = DEFAULT_RESULTS) -> Path:
@@ -191,7 +194,7 @@ class Evaluator:
             if check_class_count(clf.num_classes, resolved.dataset.num_classes, name):
                 drop_background_class(clf)  # 1001-way checkpoint with background at index 0
             self.classifiers[name] = clf
-        self.methods: dict[str, SaliencyMethod] = {m: create_method(m, **self.spec.method_params.get(m, {})) for m in resolved.methods}
+        self.methods: dict[str, SaliencyMethod] = {m: create_method(m, **resolved.method_params.get(m, {})) for m in resolved.methods}
         for i, m in enumerate(self.methods.values()):
             m.seed = self.spec.seed
         self.map_cache = None

@@ -61,7 +61,7 @@ class Occlusion(SaliencyMethod):
     @dataclass(frozen=True)
     class Params:
         window: int = 16
-        stride: int = 8
+        stride: int = 16  # 64x64 synthetic default: 4 x 4 = 16 positions
         fill: float = 0.5
         score: str = "prob"
         chunk: int = 256
@@ -80,7 +80,7 @@ class Occlusion(SaliencyMethod):
 
     @classmethod
     def defaults_for(cls, image_size):
-        """Params defaults (16/8) for the 64x64 synthetic set; about 1/7 of the side beyond 96 px
+        """Params defaults (16/16) for the 64x64 synthetic set; about 1/7 of the side beyond 96 px
         (224x224 ImageNet: window 32, stride 16, 13 x 13 = 169 positions)."""
         side = min(image_size)
         if side <= 96:

@@ -207,3 +207,18 @@ def test_out_of_memory_splits_the_batch_and_writes_the_same_rows(tiny_run, tmp_p
     a = read_table(tiny_run, "localization").drop(columns=["run_id", "box"]).sort_values(key).reset_index(drop=True)
     b = read_table(out, "localization").drop(columns=["run_id", "box"]).sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b, atol=1e-5, rtol=0)
+
+
+def test_per_dataset_method_defaults_are_applied_and_recorded():
+    """Methods' defaults depend on the image size (RISE masks, occlusion window); the spec overrides them."""
+    from salbench.runner import resolve
+
+    small = resolve(RunSpec(dataset="synthetic?n=4&size=64", methods=["rise", "occlusion"], models=["zoo:tiny-cnn"]))
+    large = resolve(RunSpec(dataset="synthetic?n=4&size=224", methods=["rise", "occlusion"], models=["zoo:tiny-cnn"],
+                            method_params={"rise": {"n_masks": 500}}))
+    assert small.config["method_configs"]["rise"]["params"]["n_masks"] == 64
+    assert small.config["method_configs"]["occlusion"]["params"]["window"] == 16
+    assert large.config["method_configs"]["rise"]["params"]["n_masks"] == 500  # the spec wins
+    assert large.config["method_configs"]["rise"]["params"]["grid"] == 7
+    assert large.config["method_configs"]["occlusion"]["params"]["window"] == 32
+    assert small.hash != large.hash

@@ -351,9 +351,10 @@ def test_occlusion_on_a_model_reading_one_patch_is_zero_elsewhere():
     assert m[:, ~near].abs().max() == 0
     assert (m[:, r0:r1, c0:c1] > 0).all()
     assert m.amax((1, 2)).eq(1).all()
-    # cost: positions + 1 forwards; 64x64 default window 16 stride 8 -> 7 x 7 positions
+    # cost: positions + 1 forwards; 64x64 default window 16 stride 16 -> 4 x 4 positions
     assert create_method("occlusion", window=window, stride=stride).cost((32, 32)) == (10 * 10 + 1, 0.0)
-    assert create_method("occlusion").cost() == (7 * 7 + 1, 0.0)
+    assert create_method("occlusion").cost() == (4 * 4 + 1, 0.0)
+    assert create_method("occlusion", stride=8).cost() == (7 * 7 + 1, 0.0)
 
 
 def test_occlusion_parameters_are_validated():
