@@ -52,6 +52,12 @@ def _synthetic(arg: str | None, params: dict[str, str]) -> SaliencyDataset:
             kw[field_name] = v
     if "variant" in params:
         kw["variant"] = params.pop("variant")
+    if "outside" in params:
+        raw = params.pop("outside")
+        try:
+            kw["outside"] = float(raw)
+        except ValueError:
+            raise UsageError(f"dataset synthetic: outside={raw!r}, expected a number in [0, 0.5)") from None
     if "subset" in params:
         try:
             kw["classes"] = tuple(int(c) for c in params.pop("subset").split("+") if c)
@@ -60,7 +66,7 @@ def _synthetic(arg: str | None, params: dict[str, str]) -> SaliencyDataset:
     split = params.pop("split", "val")
     n = int_param(params, "n", 500, spec)
     if params:
-        raise UsageError(f"dataset synthetic: unknown parameter(s) {sorted(params)}; known: seed, classes, size, clutter, variant, subset, split, n")
+        raise UsageError(f"dataset synthetic: unknown parameter(s) {sorted(params)}; known: seed, classes, size, clutter, outside, variant, subset, split, n")
     return SyntheticDataset(SyntheticConfig(**kw), split=split, n=n)  # type: ignore[arg-type]
 
 

@@ -7,7 +7,11 @@ that do not depend on the class. Every image depends only on ``(seed, split, ind
 its exact box and pixel mask.
 
 Variants:
-  * ``single`` (default): one object, area 5% to 50% of the image.
+  * ``single`` (default): one object, area 5% to 50% of the image. Its centre is uniform over the
+    positions that keep at least ``1 - outside`` of its width inside the image (default: up to a
+    quarter may be cut off by the border, as objects in photographs are). Without that, large
+    objects could only sit in the middle and a fixed centre box would localise them: with
+    ``outside=0`` the centre control's LE is 53%, with 0.25 it is 74% (500 val images).
   * ``twin``: two identical copies side by side (the CASM thought experiment: a classifier may
     need only one copy, a classifier-agnostic map should cover both). Two boxes per image.
 """
@@ -123,6 +127,7 @@ class SyntheticConfig:
     min_area: float = 0.05
     max_area: float = 0.5
     clutter: int = 6
+    outside: float = 0.25  # largest fraction of the object's width that may fall outside the image
     classes: tuple[int, ...] | None = None  # restrict labels to these classes (unseen-class splits)
 
     def __post_init__(self) -> None:
@@ -134,6 +139,8 @@ class SyntheticConfig:
             raise UsageError(f"synthetic variant={self.variant!r}: expected 'single' or 'twin'")
         if not 0 < self.min_area <= self.max_area < 1:
             raise UsageError(f"synthetic areas min={self.min_area}, max={self.max_area}: expected 0 < min <= max < 1")
+        if not 0 <= self.outside < 0.5:
+            raise UsageError(f"synthetic outside={self.outside}: expected 0 <= outside < 0.5 (a fraction of the object's width)")
         if self.classes is not None and (not self.classes or any(not 0 <= c < self.num_classes for c in self.classes)):
             raise UsageError(f"synthetic classes={self.classes}: expected a non-empty subset of 0..{self.num_classes - 1}")
 
@@ -191,7 +198,8 @@ def render(cfg: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray, in
         extent = min(extent, n / 2 - 0.5)
         scale = extent / max(rx, ry)
         rx, ry = rx * scale, ry * scale
-        centres = [tuple(rng.uniform(extent, n - extent, 2))]
+        margin = extent * (1 - 2 * cfg.outside)  # centre may come this close to the border
+        centres = [tuple(rng.uniform(margin, n - margin, 2))]
     period = rng.uniform(4.5, 7.0) * n / 64
     fg_a, fg_b = _contrasting_colours(rng)
     phase = rng.uniform(0, period, 2)
@@ -232,6 +240,8 @@ class SyntheticDataset(SaliencyDataset):
         self.image_size = (self.cfg.size, self.cfg.size)
         self.skipped = {}
         parts = [f"split={split}", f"n={n}", f"seed={self.cfg.seed}", f"classes={self.cfg.num_classes}", f"size={self.cfg.size}"]
+        if self.cfg.outside != SyntheticConfig.outside:
+            parts.append(f"outside={self.cfg.outside:g}")
         if self.cfg.variant != "single":
             parts.append(f"variant={self.cfg.variant}")
         if self.cfg.classes is not None:

@@ -26,8 +26,15 @@ def gradcam_maps(classifier, images: torch.Tensor, targets: torch.Tensor) -> tor
     return (weights * feats).sum(1)
 
 
+# Both CAM maps are min-max normalised per image, as pytorch-grad-cam scales them: the ReLU'd map
+# of a network whose last features see the whole image has a broad positive floor, and under the
+# max rule that floor made the mean-area binarisation keep about 40% of the image (boxes twice the
+# object's; Grad-CAM LE 56% vs 45% with min-max on zoo:resnet, 256 synthetic val images).
+
+
 @register_method("gradcam")
 class GradCAM(SaliencyMethod):
+    normalization = "minmax"
     capabilities = Capabilities(needs_gradients=True, needs_feature_layer=True, family="cam")
     description = "Grad-CAM: ReLU of the gradient-weighted last feature map"
 
@@ -81,7 +88,7 @@ class CAM(SaliencyMethod):
 
     No gradient is needed: the map is the head's linear layer applied at every position of the
     last feature map (the bias, spatially constant, is left out as in the paper; the ReLU keeps
-    the raw map non-negative for the max-normalisation). Applicable only where the logits equal
+    the raw map non-negative; min-max normalised like Grad-CAM). Applicable only where the logits equal
     ``W . GAP(A) + b`` (checked structurally and numerically): ResNets, EfficientNets,
     MobileNetV2, Swin (NHWC features after its final norm); not ViT/DeiT (class-token head),
     ConvNeXt (norm layer in the head) or MobileNetV3 (conv + activation after the pool).
@@ -90,6 +97,7 @@ class CAM(SaliencyMethod):
     """
 
     capabilities = Capabilities(needs_gradients=False, needs_feature_layer=True, family="cam")
+    normalization = "minmax"
     description = "CAM: ReLU of the linear head's class weights applied to the last feature map"
 
     def cost(self):

@@ -6,7 +6,13 @@ at a random shift in [0, cell) -- the paper's recipe for smooth masks that are n
 fixed lattice. The saliency of class c is the mask average weighted by the class probability of
 the masked image:
 
-    S_c = sum_i P(c | x * M_i) M_i / (N p)
+    S_c = sum_i P(c | x * M_i) M_i / (N p)                    (estimator="expected", the paper's)
+
+i.e. a Monte-Carlo estimate of E[P(c | x * M) | M(pixel) = 1] with the coverage P(M(pixel) = 1)
+replaced by its expectation p. ``estimator="ratio"`` divides by each pixel's actual coverage
+sum_i M_i instead (the ratio estimator of the same conditional expectation): it removes the
+noise of uneven coverage, which dominates the map when N is small (tens of masks, as the 64x64
+synthetic default uses), and changes nothing as N grows.
 
 Masking multiplies the *pixel-space* image (removed pixels become 0, as in the harness's
 masked-out images; the classifier then normalises). P is the softmax probability.
@@ -57,9 +63,10 @@ class RISE(SaliencyMethod):
 
     @dataclass(frozen=True)
     class Params:
-        n_masks: int = 64  # the 64x64 synthetic default (fits the default run's time budget)
+        n_masks: int = 64  # generic defaults; per-dataset ones: defaults_for
         grid: int = 8
         p: float = 0.5
+        estimator: str = "expected"  # "expected" (the paper: divide by N p) | "ratio" (by sum_i M_i)
         chunk: int = 256
 
         def __post_init__(self):
@@ -69,15 +76,20 @@ class RISE(SaliencyMethod):
                 raise ValueError(f"grid={self.grid}: expected a positive lattice size")
             if not 0.0 < self.p <= 1.0:
                 raise ValueError(f"p={self.p}: expected a keep probability in (0, 1]")
+            if self.estimator not in ("expected", "ratio"):
+                raise ValueError(f"estimator={self.estimator!r}: expected 'expected' or 'ratio'")
             if self.chunk < 1:
                 raise ValueError(f"chunk={self.chunk}: expected a positive number of images per forward pass")
 
     @classmethod
     def defaults_for(cls, image_size):
-        """Params defaults for the 64x64 synthetic set; the paper's ImageNet setting beyond 96 px
-        (4000 masks, grid 7, p 0.5)."""
+        """Per-dataset defaults. Up to 96 px (the 64x64 synthetic set): 64 masks on a 4x4 grid with
+        the ratio estimator, which fits the default run's time budget (64 masks with the paper's
+        estimator left the map mostly coverage noise: LE 69-77% vs 60-70% with the ratio
+        estimator, zoo classifiers, 256 val images). Beyond 96 px the paper's ImageNet setting
+        (4000 masks, grid 7, p 0.5, its estimator)."""
         if min(image_size) <= 96:
-            return {}
+            return {"n_masks": 64, "grid": 4, "estimator": "ratio"}
         return {"n_masks": 4000, "grid": 7, "p": 0.5}
 
     def cost(self):
@@ -89,6 +101,7 @@ class RISE(SaliencyMethod):
         b, _, h, w = images.shape
         n = prm.n_masks
         sal = images.new_zeros(b, h, w, dtype=torch.float32)
+        coverage = images.new_zeros(b, h, w, dtype=torch.float32) if prm.estimator == "ratio" else None
         for start in range(0, b * n, prm.chunk):
             idx = torch.arange(start, min(start + prm.chunk, b * n), device=images.device)
             img, i = idx // n, idx % n
@@ -96,4 +109,8 @@ class RISE(SaliencyMethod):
             logits = classifier(images[img] * masks[:, None].to(images.dtype))
             probs = logits.float().softmax(1).gather(1, targets[img].view(-1, 1)).squeeze(1)
             sal.index_add_(0, img, probs[:, None, None] * masks)
+            if coverage is not None:
+                coverage.index_add_(0, img, masks)
+        if coverage is not None:
+            return sal / coverage.clamp_min(1e-6)
         return sal / (n * prm.p)

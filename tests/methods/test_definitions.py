@@ -385,22 +385,50 @@ def test_rise_is_the_probability_weighted_mask_sum():
     x, t = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
     seeds = image_seeds(0, torch.arange(2))
     n, grid, p = 40, 4, 0.4
-    want = []
+    want, want_ratio = [], []
     for i in range(2):
         masks = rise_masks(mask_seeds(seeds[i].expand(n), torch.arange(n)), (32, 32), grid, p)
         with torch.no_grad():
             probs = clf(x[i : i + 1] * masks[:, None]).softmax(1)[:, t[i]]
         want.append((probs[:, None, None] * masks).sum(0) / (n * p))
+        want_ratio.append((probs[:, None, None] * masks).sum(0) / masks.sum(0))
     m = create_method("rise", n_masks=n, grid=grid, p=p, chunk=7)
     with torch.no_grad():
         got = m.attribute(clf, x, t, seeds)
     assert torch.allclose(got, torch.stack(want), rtol=1e-5, atol=1e-7)
+    ratio = create_method("rise", n_masks=n, grid=grid, p=p, chunk=7, estimator="ratio")
+    with torch.no_grad():
+        assert torch.allclose(ratio.attribute(clf, x, t, seeds), torch.stack(want_ratio), rtol=1e-5, atol=1e-7)
     # independent of chunking and of the batch
     other = create_method("rise", n_masks=n, grid=grid, p=p, chunk=1000)
     with torch.no_grad():
         assert torch.allclose(other.attribute(clf, x[1:], t[1:], seeds[1:])[0], got[1], atol=1e-6)
     assert m.cost() == (40.0, 0.0)
     assert m.capabilities.stochastic
+
+
+class ConstantScore(torch.nn.Module):
+    """Logits that ignore the image: every masked copy has the same class probability."""
+
+    def forward(self, x):
+        return x.new_tensor([[2.0, 0.0, -1.0]]).expand(len(x), 3)
+
+
+def test_rise_ratio_estimator_removes_coverage_noise():
+    # A classifier that ignores the image has no salient pixel: the conditional expectation is the
+    # same everywhere. The ratio estimator returns exactly that constant; the paper's estimator
+    # returns it times the uneven coverage sum_i M_i / (N p) of a finite mask sample.
+    clf = wrap(ConstantScore(), 32, 3)
+    x, t = torch.rand(2, 3, 32, 32), torch.tensor([0, 2])
+    seeds = image_seeds(0, torch.arange(2))
+    prob = torch.tensor([2.0, 0.0, -1.0]).softmax(0)[t]
+    with torch.no_grad():
+        ratio = create_method("rise", n_masks=16, grid=4, estimator="ratio").attribute(clf, x, t, seeds)
+        paper = create_method("rise", n_masks=16, grid=4).attribute(clf, x, t, seeds)
+    assert torch.allclose(ratio, prob[:, None, None].expand_as(ratio), atol=1e-6)
+    assert (paper / prob[:, None, None]).std() > 0.05
+    with pytest.raises(UsageError, match="estimator=.mean."):
+        create_method("rise", estimator="mean")
 
 
 def test_rise_on_a_model_reading_one_region_puts_most_mass_there():
@@ -430,8 +458,8 @@ def test_rise_on_a_model_reading_one_region_puts_most_mass_there():
 
 
 def test_defaults_for_image_size():
-    assert create_method("rise").defaults_for((64, 64)) == {}
-    assert create_method("occlusion").defaults_for((64, 64)) == {}
+    assert create_method("rise").defaults_for((64, 64)) == {"n_masks": 64, "grid": 4, "estimator": "ratio"}
+    assert create_method("occlusion").defaults_for((64, 64)) == {"window": 24, "stride": 8, "score": "logit"}
     assert create_method("rise").defaults_for((224, 224)) == {"n_masks": 4000, "grid": 7, "p": 0.5}
     assert create_method("occlusion").defaults_for((224, 224)) == {"window": 32, "stride": 16}
     assert create_method("gradient").defaults_for((224, 224)) == {}
