@@ -8,7 +8,9 @@ so a new file is all a new method needs (the test suite is parametrised over the
 Normalisation rule (documented contract): the raw map ``a >= 0`` of each image is divided by its
 maximum, so the most salient pixel is 1; an all-zero map stays all zero. Methods whose raw map has
 an uninformative floor (RISE: every pixel carries the mean class probability) declare
-``"minmax"``: the per-image minimum is subtracted first. Methods whose raw map is already in [0,1]
+``"minmax"``: the per-image minimum is subtracted first (a map whose spread is below 1e-4 of its
+magnitude is float noise and becomes all zero), as are Grad-CAM and CAM (whose ReLU'd maps keep a
+broad positive floor; pytorch-grad-cam scales them the same way). Methods whose raw map is already in [0,1]
 (controls, trained maskers) declare ``normalization = "none"``.
 """
 
@@ -106,13 +108,21 @@ class SaliencyMethod:
         return {"name": self.name, "params": dataclasses.asdict(self.params)}
 
 
+#: Relative spread under which a "minmax" map counts as flat (see ``normalize_maps``).
+MINMAX_RTOL = 1e-4
+
+
 def normalize_maps(raw: torch.Tensor, rule: str) -> torch.Tensor:
     """Apply a normalisation rule per image (see module docstring)."""
     if rule == "none":
         return raw.clamp(0, 1)
     if rule == "minmax":
-        lo = raw.flatten(1).amin(1).view(-1, 1, 1)
-        return normalize_maps(raw - lo, "max")
+        flat = raw.flatten(1)
+        lo, hi = flat.amin(1).view(-1, 1, 1), flat.amax(1).view(-1, 1, 1)
+        # A spread below MINMAX_RTOL of the map's magnitude is float rounding (it changes with the
+        # batch a map is computed in), not contrast: such a map is flat, i.e. all zero.
+        flat_map = (hi - lo) <= MINMAX_RTOL * torch.maximum(hi.abs(), lo.abs())
+        return normalize_maps(torch.where(flat_map, torch.zeros_like(raw), raw - lo), "max")
     if rule == "max":
         raw = raw.clamp_min(0)
         peak = raw.flatten(1).amax(1).view(-1, 1, 1)

@@ -217,7 +217,9 @@ def test_per_dataset_method_defaults_are_applied_and_recorded():
     large = resolve(RunSpec(dataset="synthetic?n=4&size=224", methods=["rise", "occlusion"], models=["zoo:tiny-cnn"],
                             method_params={"rise": {"n_masks": 500}}))
     assert small.config["method_configs"]["rise"]["params"]["n_masks"] == 64
-    assert small.config["method_configs"]["occlusion"]["params"]["window"] == 16
+    assert small.config["method_configs"]["rise"]["params"]["estimator"] == "ratio"
+    assert small.config["method_configs"]["occlusion"]["params"]["window"] == 24
+    assert large.config["method_configs"]["rise"]["params"]["estimator"] == "expected"  # the paper's
     assert large.config["method_configs"]["rise"]["params"]["n_masks"] == 500  # the spec wins
     assert large.config["method_configs"]["rise"]["params"]["grid"] == 7
     assert large.config["method_configs"]["occlusion"]["params"]["window"] == 32

@@ -153,3 +153,27 @@ def test_normalization_rules():
     assert torch.equal(normalize_maps(raw, "minmax")[0], torch.tensor([[0.0, 1.0], [0.5, 1.0]]))
     assert torch.equal(normalize_maps(raw, "minmax")[1], torch.zeros(2, 2))  # constant map -> zeros
     assert torch.equal(normalize_maps(raw.clamp(max=1) * 0.5, "none"), raw.clamp(max=1) * 0.5)
+
+
+@pytest.mark.parametrize("pool, kind", [("token", "tokens"), ("avg", "token_output")])
+def test_vit_feature_map_is_what_the_head_reads(pool, kind):
+    """Class-token ViT: the last block's input (its patch outputs never reach the head). A ViT whose
+    head averages the patch tokens: the patch tokens the head pools, i.e. forward_features' output."""
+    from testutils import make_classifier
+
+    kw = {"img_size": 32, "patch_size": 8, "global_pool": pool}
+    if pool == "avg":
+        kw["class_token"] = False
+    clf = make_classifier("test_vit", **kw)
+    assert clf.features_spec().kind == kind
+    x = torch.rand(2, 3, 32, 32)
+    logits, feats = clf.forward_with_features(x)
+    assert feats.shape[-2:] == (4, 4) and feats.requires_grad
+    with torch.no_grad():
+        assert torch.allclose(logits, clf(x), atol=1e-5)
+        tokens = clf.model.forward_features(clf.normalize(x))
+    prefix = clf.model.num_prefix_tokens
+    if kind == "token_output":
+        assert torch.allclose(feats.flatten(2).transpose(1, 2), tokens[:, prefix:], atol=1e-6)
+    grads = torch.autograd.grad(logits[:, 0].sum(), feats)[0]
+    assert grads.abs().sum() > 0
