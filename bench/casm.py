@@ -359,9 +359,11 @@ class CasmSpec:
 
     ``classifier``: the classifier f (and encoder): ``zoo:<name>`` or a timm architecture;
     ``init``: ``pretrained`` (the zoo weights; timm hub weights for timm names) or ``scratch``.
-    ``dataset``: a synthetic dataset spec (``synthetic``, ``synthetic?variant=twin``, ...); training
-    uses the first ``train_images`` images of its ``train`` split, only those of ``train_classes``
-    when given (the unseen-classes experiment). ``lambda_r=None``: the per-thinning default.
+    ``dataset``: a synthetic dataset spec (``synthetic``, ``synthetic?variant=twin``, ...), whose
+    training uses the first ``train_images`` images of its ``train`` split, or
+    ``imagenet-train:<folder>`` (ImageNet training images streamed with augmentation,
+    ``train_images`` of them, 0 = all; see ``salbench.casm_data``); only the images of
+    ``train_classes`` when given (the unseen-classes experiment). ``lambda_r=None``: the per-thinning default.
     """
 
     name: str = "casm"
@@ -400,8 +402,9 @@ class CasmSpec:
         if self.score not in SCORES:
             raise UsageError(f"score {self.score!r}: expected one of {', '.join(SCORES)}")
         parse_thinning(self.thinning)
-        if self.steps < 1 or self.batch_size < 1 or self.train_images < self.batch_size:
-            raise UsageError(f"casm {self.name!r}: need steps >= 1 and train_images >= batch_size >= 1")
+        if self.steps < 1 or self.batch_size < 1 or self.train_images < 0 or 0 < self.train_images < self.batch_size:
+            raise UsageError(f"casm {self.name!r}: steps={self.steps}, batch_size={self.batch_size}, train_images={self.train_images}: "
+                             "need steps >= 1 and train_images >= batch_size >= 1 (train_images 0: the whole training folder)")
         if self.lambda_r is not None and self.lambda_r < 0:
             raise UsageError(f"lambda_r={self.lambda_r}: expected >= 0")
         if not 0 <= self.p_current <= 1 or self.pool_size < 1:
@@ -453,6 +456,12 @@ def _classifier_key(spec: str) -> str:
         from salbench import zoo
 
         return zoo.get_recipe(spec).key()
+    if "@" in spec:  # local weights: the file's content, not its path, identifies the classifier
+        from salbench.weights import file_sha256
+
+        arch, path = spec.split("@", 1)
+        p = pathlib.Path(path).expanduser()
+        return f"{arch}@sha256:{file_sha256(p)}" if p.is_file() else spec
     return spec
 
 
@@ -500,8 +509,9 @@ class ClassifierInit:
 
 def build_classifier(spec: str, init: str = "pretrained", num_classes: int | None = None, seed: int = 0) -> ClassifierInit:
     """The classifier f for training: ``zoo:<name>`` (zoo weights, trained on demand, or the bare
-    architecture with ``init="scratch"``) or a timm architecture (hub weights or scratch). Random
-    initialisations are seeded with ``seed``."""
+    architecture with ``init="scratch"``), a timm architecture (hub weights or scratch), or
+    ``arch@file`` (a timm architecture with local weights, e.g. ``resnet50@resnet50.safetensors``
+    for ImageNet training without the hub). Random initialisations are seeded with ``seed``."""
     import timm
 
     from salbench import zoo
@@ -516,6 +526,19 @@ def build_classifier(spec: str, init: str = "pretrained", num_classes: int | Non
         return ClassifierInit(
             model.cpu().train(), recipe.arch, dict(zoo._freeze(dict(recipe.model_kwargs))), list(recipe.modifications), recipe.num_classes,
             recipe.mean, recipe.std, (3, recipe.data.size, recipe.data.size), recipe.interpolation,
+        )
+    if "@" in spec:  # a timm architecture with weights from a local file (offline ImageNet training)
+        from salbench.weights import load_local_weights
+
+        arch, path = spec.split("@", 1)
+        model, _ = load_local_weights(arch, path)
+        if init == "scratch":
+            raise UsageError(f"classifier {spec!r} with init=scratch: a weights file only makes sense with init=pretrained")
+        cfg = timm.data.resolve_data_config({}, model=model)
+        return ClassifierInit(
+            model.train(), arch.split(".")[0], {}, [], int(model.num_classes),
+            tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]), tuple(int(v) for v in cfg["input_size"]),
+            str(cfg.get("interpolation", "bilinear")),
         )
     if not timm.is_model(spec.split(".")[0]):
         from salbench.errors import close_matches
@@ -534,45 +557,7 @@ def build_classifier(spec: str, init: str = "pretrained", num_classes: int | Non
     )
 
 
-def synthetic_config(dataset: str):
-    """The ``SyntheticConfig`` of a synthetic dataset spec (training reads its ``train`` split)."""
-    from salbench.datasets import build_dataset
-    from salbench.datasets.synthetic import SyntheticDataset
-
-    ds = build_dataset(dataset)
-    if not isinstance(ds, SyntheticDataset):
-        raise UsageError(f"casm training data {dataset!r}: only synthetic dataset specs are supported here (ImageNet training: use CasmTrainer directly)")
-    return ds.cfg
-
-
-def training_arrays(spec: CasmSpec, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 N x H x W x 3 training images and labels (shared with the zoo's cached renders),
-    restricted to ``train_classes`` by filtering the labels (no re-render)."""
-    from salbench.zoo import split_arrays
-
-    cfg = synthetic_config(spec.dataset)
-    images, labels = split_arrays(cfg, "train", spec.train_images, progress=progress)
-    if spec.train_classes is not None:
-        bad = [c for c in spec.train_classes if not 0 <= c < cfg.num_classes]
-        if bad:
-            raise UsageError(f"train_classes {list(spec.train_classes)}: {bad} not in 0..{cfg.num_classes - 1}")
-        keep = np.isin(labels, np.asarray(spec.train_classes))
-        images, labels = images[keep], labels[keep]
-        if len(images) < spec.batch_size:
-            raise UsageError(f"train_classes {list(spec.train_classes)} leave {len(images)} images, fewer than batch_size={spec.batch_size}")
-    return images, labels
-
-
-def _to_pixels(x_u8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x_u8)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-    """Indices of the batch of ``step``: one seeded permutation per epoch (stateless)."""
-    per_epoch = max(1, n // batch_size)
-    epoch, j = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, 7, epoch]).permutation(n)
-    return np.sort(perm[j * batch_size : (j + 1) * batch_size])
+from salbench.casm_data import batch_indices, synthetic_config, to_pixels as _to_pixels  # noqa: E402  (re-exported)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -867,7 +852,7 @@ def default_threads() -> int:
 
 
 def train(spec: CasmSpec, *, force: bool = False, progress: bool = True, device: str | torch.device = "cpu", stop_after: int | None = None,
-          threads: int | None = None) -> pathlib.Path:
+          threads: int | None = None, workers: int = 0) -> pathlib.Path:
     """Train (or resume) the masker of ``spec`` and cache it; return its directory.
 
     A cached masker is returned as is unless ``force``. An interrupted run resumes from its last
@@ -882,12 +867,12 @@ def train(spec: CasmSpec, *, force: bool = False, progress: bool = True, device:
         torch.set_num_threads(threads or default_threads())
     try:
         with torch.enable_grad():  # callers may hold no_grad (the runner does while it computes maps)
-            return _train(spec, force=force, progress=progress, device=device, stop_after=stop_after)
+            return _train(spec, force=force, progress=progress, device=device, stop_after=stop_after, workers=workers)
     finally:
         torch.set_num_threads(before)
 
 
-def _train(spec: CasmSpec, *, force: bool, progress: bool, device: str | torch.device, stop_after: int | None) -> pathlib.Path:
+def _train(spec: CasmSpec, *, force: bool, progress: bool, device: str | torch.device, stop_after: int | None, workers: int = 0) -> pathlib.Path:
     from tqdm.auto import tqdm
 
     final = masker_dir(spec)
@@ -896,12 +881,10 @@ def _train(spec: CasmSpec, *, force: bool, progress: bool, device: str | torch.d
             return final
         t_start = time.perf_counter()
         init = build_classifier(spec.classifier, spec.init, seed=spec.seed)
-        images, labels = training_arrays(spec, progress=progress)
-        cfg = synthetic_config(spec.dataset)
-        from salbench.zoo import split_arrays
+        from salbench.casm_data import training_data
 
-        val_images, val_labels = split_arrays(cfg, "val", spec.val_images, progress=progress)
-        fill = (images.reshape(-1, 3).mean(0, dtype=np.float64) / 255.0).astype(np.float32)
+        data = training_data(spec, init, progress=progress)
+        fill = data.fill
         data_time = time.perf_counter() - t_start
         trainer = CasmTrainer.from_init(spec, init, fill, device=device)
         work = _work_dir(spec)
@@ -919,16 +902,15 @@ def _train(spec: CasmSpec, *, force: bool, progress: bool, device: str | torch.d
                 prev_train_time = float(state.get("train_time_s", 0.0))
                 log = _read_log(log_path, before_step=resumed_from)
         work.mkdir(parents=True, exist_ok=True)
-        n = len(images)
+        n = data.n
         bar = tqdm(total=spec.steps, initial=trainer.step_no, desc=f"casm:{spec.name}", disable=not progress, unit="step", dynamic_ncols=True)
         t0 = time.perf_counter()
         ema: dict[str, float] = {}
         last = trainer.step_no
         end = spec.steps if stop_after is None else min(spec.steps, stop_after)
         try:
-            while trainer.step_no < end:
-                idx = batch_indices(n, spec.batch_size, trainer.step_no, spec.seed)
-                stats = trainer.step(_to_pixels(images[idx]), torch.from_numpy(labels[idx]))
+            for x, y in data.batches(trainer.step_no, end, spec.batch_size, spec.seed, workers=workers):
+                stats = trainer.step(x, y)
                 if not math.isfinite(stats["loss_masker"]):
                     raise RuntimeError(f"casm:{spec.name}: masker loss diverged at step {trainer.step_no}")
                 for k in ("loss_masker", "loss_classifier", "area", "masked_acc", "changed"):
@@ -953,7 +935,8 @@ def _train(spec: CasmSpec, *, force: bool, progress: bool, device: str | torch.d
                 _write_lines(log_path, log)
                 _atomic_torch_save({"key": spec.key(), "trainer": trainer.state(), "train_time_s": train_time}, state_path)
             return final
-        val = _val_stats(trainer, val_images, val_labels)
+        held_out = data.validation()
+        val = _val_stats(trainer, *held_out) if held_out is not None else dict.fromkeys(("val_area", "val_area_std", "val_clean_top1", "val_masked_top1"))
         meta = {
             "name": spec.name,
             "method": method_name(spec.name),
@@ -968,7 +951,7 @@ def _train(spec: CasmSpec, *, force: bool, progress: bool, device: str | torch.d
             "pool_versions": trainer.pool.members(),
             "classifier_updates": trainer.version,
             "train_images_used": n,
-            "data": {"dataset": spec.dataset, "synthetic_key": cfg.key(), "train_classes": list(spec.train_classes) if spec.train_classes else None},
+            "data": data.meta,
             "train_time_s": round(train_time, 2),
             "data_time_s": round(data_time, 2),
             "resumed_from_step": resumed_from,

@@ -28,8 +28,9 @@ def _spec_options(fn):
     opts = [
         click.option("--classifier", help="Classifier f / encoder: zoo:<name> or a timm architecture (default: zoo:resnet)."),
         click.option("--init", type=click.Choice(["pretrained", "scratch"]), help="Start f from its trained weights (default) or from scratch."),
-        click.option("--dataset", help="Synthetic dataset spec whose train split is used (default: synthetic)."),
-        click.option("--train-images", type=int, help="Training images (default: 20000)."),
+        click.option("--dataset", help="Training data: a synthetic spec (its train split; default: synthetic) or "
+                     "imagenet-train:<folder> (ILSVRC2012 train folder, one subfolder per synset)."),
+        click.option("--train-images", type=int, help="Training images (default: 20000; 0 with imagenet-train: all)."),
         click.option("--batch-size", type=int, help="Batch size (default: CasmSpec's)."),
         click.option("--lr-classifier", type=float, help="Learning rate of the classifier f (and of a separate encoder)."),
         click.option("--lr-masker", type=float, help="Learning rate of the decoder."),
@@ -70,20 +71,30 @@ def train() -> None:
 @click.option("--train-classes", help="Train on these classes only, e.g. 0,1,2,3,4 or 0-4 (default: all).")
 @click.option("--checkpoint-every", type=int, help="Resumable checkpoint period in steps (default: 100).")
 @click.option("--force", is_flag=True, help="Retrain even if cached.")
+@click.option("--device", default="cpu", show_default=True, help="Training device: cpu, cuda, cuda:1, ...")
+@click.option("--workers", type=int, default=0, show_default=True, help="Image-decoding processes for imagenet-train data (0: in the training process).")
 @_spec_options
-def train_casm(name, thinning, score, share_encoder, steps, train_classes, checkpoint_every, force, no_progress, **common):
+def train_casm(name, thinning, score, share_encoder, steps, train_classes, checkpoint_every, force, device, workers, no_progress, **common):
     """Train (or resume, or reuse) one masker; prints its directory and method name."""
     from salbench import casm
 
     name = name or ("baseline" if thinning == "F" else "casm")
     spec = _base_spec(**common, name=name, thinning=thinning, score=score, share_encoder=share_encoder, steps=steps,
                       train_classes=_ints(train_classes), checkpoint_every=checkpoint_every)
-    d = casm.train(spec, force=force, progress=not no_progress)
+    if workers < 0:
+        raise UsageError(f"--workers {workers}: expected 0 or a positive number of processes")
+    from salbench.device import resolve_device
+
+    d = casm.train(spec, force=force, progress=not no_progress, device=resolve_device(device), workers=workers)
     meta = casm.read_meta(d)
     casm.register_cached()
     click.echo(f"method {meta['method']}: {d}")
     click.echo(f"  thinning {spec.thinning}, score {spec.score}, {'shared' if spec.share_encoder else 'separate'} encoder, lambda_R {spec.lam:g}, {spec.steps} steps")
-    click.echo(f"  trained in {meta['train_time_s']:.0f}s; val mask area {meta['val_area']:.3f}, f clean/masked top-1 {100 * meta['val_clean_top1']:.1f}%/{100 * meta['val_masked_top1']:.1f}%")
+    steps_run = spec.steps - int(meta.get("resumed_from_step") or 0)
+    line = f"  trained in {meta['train_time_s']:.0f}s ({meta['train_time_s'] / max(1, steps_run):.3f} s/step)"
+    if meta.get("val_area") is not None:
+        line += f"; val mask area {meta['val_area']:.3f}, f clean/masked top-1 {100 * meta['val_clean_top1']:.1f}%/{100 * meta['val_masked_top1']:.1f}%"
+    click.echo(line)
 
 
 def _bools(value: str | None) -> list[bool] | None:
