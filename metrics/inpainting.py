@@ -16,7 +16,7 @@ Shared edge-case rules (all backends):
 
 Backends: ``telea`` (OpenCV, radius 3, the CASM paper's choice), ``biharmonic``
 (scikit-image), both per image over a thread pool on the CPU; ``pushpull``, a batched
-on-device fill (masked mean pyramid) for speed.
+on-device fill (push-pull masked-mean pyramid) for speed.
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ biharmonic = INPAINTERS.register("biharmonic")(per_image_backend(_biharmonic_one
 
 @INPAINTERS.register("pushpull")
 def pushpull(images: torch.Tensor, remove: torch.Tensor) -> torch.Tensor:
-    """Batched on-device fill: each removed pixel takes the masked mean of the known pixels at
-    the finest pyramid level where its cell has any (push-pull), smoothed by bilinear upsampling.
+    """Batched on-device fill (push-pull): a pyramid of masked means of the known pixels (push),
+    then from the coarsest level down each cell blends its own mean with the bilinearly
+    upsampled coarser fill by its known share (pull); removed pixels take the result.
 
     No CPU round trip and O(log size) steps, so it is the backend for throughput runs. Written
     for memory traffic: the full-resolution image is read twice (the first 2x2 sums, fused with
@@ -129,7 +130,7 @@ def pushpull(images: torch.Tensor, remove: torch.Tensor) -> torch.Tensor:
     rows = src[..., 0::2, :] * wgt[..., 0::2, :]
     rows.addcmul_(src[..., 1::2, :], wgt[..., 1::2, :])
     krows = wgt[..., 0::2, :] + wgt[..., 1::2, :]
-    coarse = _push_pull(torch.cat([rows[..., 0::2] + rows[..., 1::2], krows[..., 0::2] + krows[..., 1::2]], 1))
+    coarse = _push_pull(torch.cat([rows[..., 0::2] + rows[..., 1::2], krows[..., 0::2] + krows[..., 1::2]], 1), 4.0)
     out = _upsample(coarse, (h, w))
     # A convex combination of known pixel values stays in [0, 1]: no clamp needed.
     return torch.where(remove[:, None], out, images, out=out)
@@ -153,7 +154,7 @@ def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     output: equal to ``F.interpolate`` to float rounding and several times faster on the CPU.
     Other ratios (odd sizes) use ``F.interpolate``."""
     h, w = x.shape[-2:]
-    if tuple(size) != (2 * h, 2 * w) or h < 2 or w < 2:
+    if tuple(size) != (2 * h, 2 * w) or h < 2 or w < 2 or 4 * h * w <= 32 * 32:  # small levels: one call beats eight
         return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     lead = x.shape[:-2]
     rows = x.new_empty(*lead, h, 2, w)  # output rows 2i and 2i+1, at the coarse width
@@ -170,16 +171,25 @@ def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.view(*lead, 2 * h, 2 * w)
 
 
-def _push_pull(x: torch.Tensor) -> torch.Tensor:
-    """Masked-mean pyramid over ``x`` = (weight-multiplied colour, weight) sums, B x 4 x h x w;
-    returns the filled colour B x 3 x h x w (mid-grey where no level has any weight)."""
+def _push_pull(x: torch.Tensor, cell: float = 4.0) -> torch.Tensor:
+    """Masked-mean pyramid over ``x`` = (weight-multiplied colour, weight) sums of ``cell``-pixel
+    cells, B x 4 x h x w; returns the filled colour B x 3 x h x w.
+
+    Pull, as in Gortler et al.'s push-pull: a cell's colour is its own masked mean blended with
+    the upsampled coarser estimate by the share of its pixels that are known,
+    ``lerp(coarse, mean, known / cell)``, so a cell with one known pixel of four mostly takes
+    the smooth coarse fill. (Taking any partly known cell's mean outright restored more texture
+    than Telea does: inpainted top-1 3-6 points above Telea's for the sparse masks of gradient
+    methods; blended, within 2.) Mid-grey where no level has any weight.
+    """
     h, w = x.shape[-2:]
     num, weight = x[:, :3], x[:, 3:]
     est = num / weight.clamp_min(1e-12)
     if h == 1 and w == 1:
         return torch.where(weight > 0, est, torch.full_like(est, ALL_REMOVED_FILL))
-    up = _upsample(_push_pull(_sum2x2(x)), (h, w))
-    return torch.where(weight > 0, est, up, out=up)
+    factor = (2 if h > 1 else 1) * (2 if w > 1 else 1)
+    up = _upsample(_push_pull(_sum2x2(x), cell * factor), (h, w))
+    return torch.lerp(up, est, (weight / cell).clamp_(max=1.0))
 
 
 def inpaint(images: torch.Tensor, remove: torch.Tensor, backend: str = "telea") -> torch.Tensor:
