@@ -961,22 +961,11 @@ def _train(spec: CasmSpec, *, force: bool, progress: bool, device: str | torch.d
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        home = casm_home()
-        home.mkdir(parents=True, exist_ok=True)
-        tmp = pathlib.Path(tempfile.mkdtemp(dir=home, prefix=f".tmp-{final.name}-"))
-        try:
+        from salbench.results import atomic_directory
+
+        with atomic_directory(final) as tmp:
             write_masker(tmp, trainer.masker, meta)
             (tmp / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-            old = None
-            if final.exists():
-                old = home / f".old-{final.name}-{os.getpid()}-{time.time_ns()}"
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         shutil.rmtree(work, ignore_errors=True)
     return final
 

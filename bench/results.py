@@ -16,10 +16,13 @@ recomputed after a crash overwrites its own files: no row is ever lost or double
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +94,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Fill a fresh folder beside ``final`` (yielded), then swap it in with one rename.
+
+    A ``final`` that exists (a forced rebuild, or a broken leftover) is moved aside first and
+    deleted after the swap, so readers see the old folder or the new one, never a partial one.
+    If the body raises, the temporary folder is deleted and ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    try:
+        yield tmp
+        old = None
+        if final.exists():
+            old = final.parent / f".old-{final.name}-{os.getpid()}-{time.time_ns()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -39,7 +39,6 @@ import math
 import os
 import pathlib
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -646,24 +645,14 @@ def _build_one(recipe: ZooRecipe, force: bool, progress: bool) -> dict[str, Any]
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        home = zoo_home()
-        tmp = pathlib.Path(tempfile.mkdtemp(dir=home, prefix=f".tmp-{final.name}-"))
-        try:
+        from salbench.results import atomic_directory
+
+        with atomic_directory(final) as tmp:  # force, or a broken leftover: replaced in one rename
             state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
             save_file(state, str(tmp / "model.safetensors"), metadata={"name": recipe.name, "recipe_key": recipe.key(), "arch": recipe.arch})
             with open(tmp / "meta.json", "w") as f:
                 json.dump(meta, f, indent=2)
                 f.write("\n")
-            old = None
-            if final.exists():  # force, or a broken leftover: move it aside, then swap in one rename
-                old = home / f".old-{final.name}-{os.getpid()}-{time.time_ns()}"
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     if not passed:
         msg = (
             f"zoo:{recipe.name} reached only {100 * val_top1:.1f}% val top-1 (< {100 * recipe.min_val_top1:.0f}% required); "
