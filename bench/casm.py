@@ -101,6 +101,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from salbench.casm_data import synthetic_config, to_pixels
 from salbench.errors import UsageError
 
 CASM_FORMAT = 1
@@ -530,16 +531,11 @@ def build_classifier(spec: str, init: str = "pretrained", num_classes: int | Non
     if "@" in spec:  # a timm architecture with weights from a local file (offline ImageNet training)
         from salbench.weights import load_local_weights
 
-        arch, path = spec.split("@", 1)
-        model, _ = load_local_weights(arch, path)
         if init == "scratch":
             raise UsageError(f"classifier {spec!r} with init=scratch: a weights file only makes sense with init=pretrained")
-        cfg = timm.data.resolve_data_config({}, model=model)
-        return ClassifierInit(
-            model.train(), arch.split(".")[0], {}, [], int(model.num_classes),
-            tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]), tuple(int(v) for v in cfg["input_size"]),
-            str(cfg.get("interpolation", "bilinear")),
-        )
+        arch = spec.split("@", 1)[0]
+        model, _ = load_local_weights(arch, spec.split("@", 1)[1])
+        return _timm_init(model, arch)
     if not timm.is_model(spec.split(".")[0]):
         from salbench.errors import close_matches
 
@@ -549,15 +545,19 @@ def build_classifier(spec: str, init: str = "pretrained", num_classes: int | Non
         model = timm.create_model(spec, pretrained=init == "pretrained", **kw)
     except Exception as exc:
         raise UsageError(f"cannot create {spec!r} (init={init}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    return _timm_init(model, spec)
+
+
+def _timm_init(model: nn.Module, arch: str) -> ClassifierInit:
+    """A ``ClassifierInit`` for a timm model, with its own data config (mean, std, size)."""
+    import timm
+
     cfg = timm.data.resolve_data_config({}, model=model)
     return ClassifierInit(
-        model.train(), spec.split(".")[0], {}, [], int(model.num_classes),
+        model.train(), arch.split(".")[0], {}, [], int(model.num_classes),
         tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]), tuple(int(v) for v in cfg["input_size"]),
         str(cfg.get("interpolation", "bilinear")),
     )
-
-
-from salbench.casm_data import batch_indices, synthetic_config, to_pixels as _to_pixels  # noqa: E402  (re-exported)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -820,7 +820,7 @@ def _val_stats(trainer: CasmTrainer, images: np.ndarray, labels: np.ndarray, bat
     trainer.f.eval()
     areas, clean, masked = [], [], []
     for i in range(0, len(images), batch_size):
-        x = _to_pixels(images[i : i + batch_size]).to(trainer.device)
+        x = to_pixels(images[i : i + batch_size]).to(trainer.device)
         y = torch.from_numpy(labels[i : i + batch_size]).to(trainer.device)
         m = trainer.masker(x)[:, None]
         areas.append(m.flatten(1).mean(1))

@@ -90,8 +90,8 @@ def train_casm(name, thinning, score, share_encoder, steps, train_classes, check
     casm.register_cached()
     click.echo(f"method {meta['method']}: {d}")
     click.echo(f"  thinning {spec.thinning}, score {spec.score}, {'shared' if spec.share_encoder else 'separate'} encoder, lambda_R {spec.lam:g}, {spec.steps} steps")
-    steps_run = spec.steps - int(meta.get("resumed_from_step") or 0)
-    line = f"  trained in {meta['train_time_s']:.0f}s ({meta['train_time_s'] / max(1, steps_run):.3f} s/step)"
+    # train_time_s covers every step, those before a resume included (it is carried in the checkpoint)
+    line = f"  trained in {meta['train_time_s']:.0f}s ({meta['train_time_s'] / spec.steps:.3f} s/step)"
     if meta.get("val_area") is not None:
         line += f"; val mask area {meta['val_area']:.3f}, f clean/masked top-1 {100 * meta['val_clean_top1']:.1f}%/{100 * meta['val_masked_top1']:.1f}%"
     click.echo(line)
