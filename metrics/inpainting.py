@@ -121,8 +121,6 @@ def pushpull(images: torch.Tensor, remove: torch.Tensor) -> torch.Tensor:
     if not bool(remove.any()):
         return images
     h, w = images.shape[-2:]
-    if h == 1 and w == 1:
-        return torch.where(remove[:, None], torch.full_like(images, ALL_REMOVED_FILL), images)
     known = (~remove)[:, None].to(torch.float32)
     src, wgt = images, known
     if h % 2 or w % 2:  # zero padding has weight 0: it adds nothing to any masked mean
@@ -141,8 +139,8 @@ def _sum2x2(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     if h % 2 or w % 2:
         x = F.pad(x, (0, w % 2, 0, h % 2))
-    x = x[..., 0::2, :] + x[..., 1::2, :] if x.shape[-2] > 1 else x
-    return x[..., 0::2] + x[..., 1::2] if x.shape[-1] > 1 else x
+    x = x[..., 0::2, :] + x[..., 1::2, :]
+    return x[..., 0::2] + x[..., 1::2]
 
 
 def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -150,11 +148,11 @@ def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
     An exact 2x is computed as its four output phases (even/odd rows x even/odd columns): each
     output pixel is 3/4 of its cell plus 1/4 of the neighbour on its side, the border repeating
-    itself. Every lerp runs at the coarse size and writes straight into a strided view of the
-    output: equal to ``F.interpolate`` to float rounding and several times faster on the CPU.
-    Other ratios (odd sizes) use ``F.interpolate``."""
+    itself. Each lerp writes straight into an interleaved view of the output: equal to
+    ``F.interpolate`` to float rounding and several times faster on the CPU. Other ratios (odd
+    sizes) and small outputs (at most 32 x 32, where one call beats eight) use ``F.interpolate``."""
     h, w = x.shape[-2:]
-    if tuple(size) != (2 * h, 2 * w) or h < 2 or w < 2 or 4 * h * w <= 32 * 32:  # small levels: one call beats eight
+    if tuple(size) != (2 * h, 2 * w) or h < 2 or w < 2 or 4 * h * w <= 32 * 32:
         return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     lead = x.shape[:-2]
     rows = x.new_empty(*lead, h, 2, w)  # output rows 2i and 2i+1, at the coarse width
