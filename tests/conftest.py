@@ -13,6 +13,16 @@ from testutils import CLASSIFIER_ARCHS, make_classifier
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread for tiny models (as fast, and immune to oversubscription on a shared
+    CPU); the previous count is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session", params=sorted(CLASSIFIER_ARCHS))
 def classifier(request):
     arch, kw = CLASSIFIER_ARCHS[request.param]

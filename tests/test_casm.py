@@ -10,30 +10,12 @@ import torch
 
 from salbench import casm as C
 from salbench import zoo
-from salbench.datasets.synthetic import SyntheticConfig
 from salbench.errors import UsageError
+from testutils import tiny_resnet_recipe
 
-TINY_DATA = SyntheticConfig(seed=5, num_classes=4, size=32)
-TINY = zoo.ZooRecipe(
-    name="tiny-casm",
-    arch="resnet18",
-    model_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 8, 16, 16), stem_width=8, output_stride=8),
-    data=TINY_DATA,
-    train_images=64,
-    val_images=16,
-    steps=2,
-    batch_size=16,
-    min_val_top1=0.0,
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and immune to oversubscription on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TINY = tiny_resnet_recipe("tiny-casm", seed=5)
+TINY_DATA = TINY.data
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -78,9 +78,9 @@ def test_folder_errors_name_the_problem(tmp_path, train_dir):
         C.CasmSpec(dataset=f"imagenet-train:{train_dir}", train_images=-1)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_masker_trains_on_an_imagenet_folder_resumes_and_maps(train_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SALBENCH_HOME", str(tmp_path))
-    torch.set_num_threads(1)
     spec = C.CasmSpec(name="folder", classifier="test_resnet", init="scratch", dataset=f"imagenet-train:{train_dir}", train_images=0,
                       batch_size=4, steps=4, decoder_channels=4, checkpoint_every=2, thinning="L")
     C.train(spec.replace(name="folder-cut"), progress=False, stop_after=2)

@@ -9,21 +9,11 @@ import torch
 
 from salbench import zoo
 from salbench.datasets.synthetic import SyntheticConfig
+from testutils import tiny_resnet_recipe
 
 DEFAULT = ("resnet", "efficientnet", "convnext", "vit")
 
-TINY = zoo.ZooRecipe(
-    name="tiny-test",
-    arch="resnet18",
-    model_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 8, 16, 16), stem_width=8, output_stride=8),
-    data=SyntheticConfig(seed=123, num_classes=4, size=32),
-    train_images=64,
-    val_images=32,
-    steps=3,
-    batch_size=16,
-    lr=1e-3,
-    min_val_top1=0.0,
-)
+TINY = tiny_resnet_recipe("tiny-test", seed=123, val_images=32, steps=3, lr=1e-3)
 
 
 @pytest.fixture()

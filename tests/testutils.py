@@ -20,3 +20,23 @@ CLASSIFIER_ARCHS = {
     "cnn": ("test_resnet", {}),
     "vit": ("test_vit", {"img_size": 32, "patch_size": 8}),
 }
+
+
+def tiny_resnet_recipe(name: str, seed: int, **overrides):
+    """A zoo recipe small enough to train in a test: a one-block-per-stage ResNet on 4-class
+    32x32 synthetic data, no accuracy bar."""
+    from salbench import zoo
+    from salbench.datasets.synthetic import SyntheticConfig
+
+    fields = dict(
+        name=name,
+        arch="resnet18",
+        model_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 8, 16, 16), stem_width=8, output_stride=8),
+        data=SyntheticConfig(seed=seed, num_classes=4, size=32),
+        train_images=64,
+        val_images=16,
+        steps=2,
+        batch_size=16,
+        min_val_top1=0.0,
+    )
+    return zoo.ZooRecipe(**{**fields, **overrides})

@@ -7,29 +7,12 @@ import torch
 
 from salbench import casm as C
 from salbench import zoo
-from salbench.datasets.synthetic import SyntheticConfig
 from salbench.errors import NotApplicable, UsageError
 from salbench.methods import METHODS, create_method
+from testutils import tiny_resnet_recipe
 
-TINY = zoo.ZooRecipe(
-    name="tiny-casm-m",
-    arch="resnet18",
-    model_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 8, 16, 16), stem_width=8, output_stride=8),
-    data=SyntheticConfig(seed=6, num_classes=4, size=32),
-    train_images=64,
-    val_images=16,
-    steps=2,
-    batch_size=16,
-    min_val_top1=0.0,
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TINY = tiny_resnet_recipe("tiny-casm-m", seed=6)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
