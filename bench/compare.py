@@ -2,9 +2,10 @@
 
 What is compared:
 
-* metrics, per (method, source classifier), from the Parquet tables: LE, OM and F1 means and
-  the top-1 means of the eval classifiers (all eval classifiers and images pooled) on the
-  original, masked-in, masked-out and inpainted images, all in percent; a value that moves by
+* metrics, per (method, source classifier), from the Parquet tables: every registered metric
+  column marked ``compare`` (LE, OM, F1, ...: means over images) and every agnosticism score
+  marked ``compare`` per image variant, cross-classifier (eval classifiers other than the source,
+  as in the leaderboard) and ``_self`` (the source classifier) separately; a value that moves by
   more than ``metric_tol`` percentage points *in either direction* is a regression (a refactor
   should not move numbers; an intended change is reviewed and the baseline replaced). Also a
   regression: more error rows than before, and a (method, source) pair that disappeared;
@@ -28,12 +29,12 @@ from typing import Any
 import pandas as pd
 
 from salbench.errors import UsageError
-from salbench.metrics import METRICS
+from salbench.metrics import descriptors
+from salbench.metrics.base import VARIANTS, localization_summaries, variant_scores
+from salbench.tables import load_groups, metric_descriptor, per_image_agnosticism
 
 #: run.json spec keys that must agree for metrics to be comparable.
 PROTOCOL_KEYS = ("protocol", "dataset", "num_images", "binarize", "binarize_params", "box", "inpaint", "target")
-LOCALIZATION_METRICS = ("le", "om", "f1")
-VARIANT_METRICS = ("original_top1", "masked_in_top1", "masked_out_top1", "inpainted_top1")
 
 
 @dataclass
@@ -113,28 +114,48 @@ def check_protocol(old_meta: dict[str, Any], new_meta: dict[str, Any]) -> None:
         raise UsageError(f"runs use different protocols, their metrics are not comparable ({shown})")
 
 
-def metric_means(run_dir: str | Path) -> pd.DataFrame:
-    """Per (method, source_model): LE/OM/F1 and per-variant top-1 means in percent, error counts."""
-    from salbench.results import read_table
+def compared_columns() -> tuple[list[str], list[str]]:
+    """(localization, agnosticism) column names ``compare`` checks, from the metric registry.
 
-    loc = read_table(run_dir, "localization", columns=["method", "source_model", "le", "om", "f1", "error"])
-    agn = read_table(run_dir, "agnosticism", columns=["method", "source_model", "variant", "top1", "error"])
+    Agnosticism values mean what the leaderboard columns of the same name mean: ``<variant>_<score>``
+    is cross-classifier (per image, the mean over eval classifiers other than the source, then the
+    mean over images) and ``<variant>_<score>_self`` the source classifier's own value.
+    """
+    loc = [c.name for c in localization_summaries() if c.compare and c.aggregate == "mean"]
+    agn = [f"{v}_{c.name}{sfx}" for c in variant_scores() if c.compare for v in VARIANTS for sfx in ("", "_self")]
+    return loc, agn
+
+
+def metric_means(run_dir: str | Path) -> pd.DataFrame:
+    """Per (method, source_model): the compared metrics' means (percent metrics x100) and error counts."""
+    group = load_groups([run_dir])[0]
     keys = ["method", "source_model"]
+    loc_names, agn_names = compared_columns()
     parts = []
+    loc, agn = group.loc, group.agn
     if len(loc):
         ok = loc[loc["error"].isna()]
-        parts.append(ok.groupby(keys)[list(LOCALIZATION_METRICS)].mean().mul(100))
-        parts.append(loc.assign(errors=loc["error"].notna().astype(int)).groupby(keys)[["errors"]].sum())
+        means = ok.groupby(keys, observed=True)[loc_names].mean()
+        for c in loc_names:
+            means[c] *= 100.0 if metric_descriptor(c).percent else 1.0
+        parts.append(means)
+        parts.append(loc.assign(errors=loc["error"].notna().astype(int)).groupby(keys, observed=True)[["errors"]].sum())
+    for score in variant_scores():
+        if not score.compare:
+            continue
+        per = per_image_agnosticism(group, score.column)
+        if per.empty:
+            continue
+        scale = 100.0 if score.percent else 1.0
+        m = per.groupby([*keys, "variant"], observed=True)[["cross", "self"]].mean().mul(scale).unstack("variant")
+        m.columns = [f"{v}_{score.name}" + ("" if which == "cross" else "_self") for which, v in m.columns]
+        parts.append(m)
     if len(agn):
-        ok = agn[agn["error"].isna()]
-        if len(ok):
-            top1 = ok.groupby([*keys, "variant"])["top1"].mean().mul(100).unstack("variant")
-            top1.columns = [f"{c}_top1" for c in top1.columns]
-            parts.append(top1)
-        parts.append(agn.assign(agn_errors=agn["error"].notna().astype(int)).groupby(keys)[["agn_errors"]].sum())
+        parts.append(agn.assign(agn_errors=agn["error"].notna().astype(int)).groupby(keys, observed=True)[["agn_errors"]].sum())
     if not parts:
-        return pd.DataFrame(columns=[*LOCALIZATION_METRICS, *VARIANT_METRICS, "errors"], index=pd.MultiIndex.from_tuples([], names=keys))
+        return pd.DataFrame(columns=[*loc_names, *agn_names, "errors"], index=pd.MultiIndex.from_tuples([], names=keys))
     df = pd.concat(parts, axis=1)
+    df.index = pd.MultiIndex.from_tuples([(str(a), str(b)) for a, b in df.index], names=keys)
     errors = pd.Series(0.0, index=df.index)
     for col in ("errors", "agn_errors"):
         if col in df.columns:
@@ -146,7 +167,7 @@ def metric_means(run_dir: str | Path) -> pd.DataFrame:
 def _direction(metric: str, change: float) -> str:
     if change == 0:
         return ""
-    info = METRICS.get(metric)
+    info = descriptors().get(metric.removesuffix("_self"))
     if info is None or info.direction is None:
         return "changed"
     better = (change > 0) == (info.direction == "higher")
@@ -156,7 +177,8 @@ def _direction(metric: str, change: float) -> str:
 # --------------------------------------------------------------------------- comparing
 def compare_metrics(old: Path, new: Path, tol: float, out: Comparison) -> None:
     a, b = metric_means(old), metric_means(new)
-    cols = [c for c in (*LOCALIZATION_METRICS, *VARIANT_METRICS) if c in a.columns or c in b.columns]
+    loc_names, agn_names = compared_columns()
+    cols = [c for c in (*loc_names, *agn_names) if c in a.columns or c in b.columns]
     for idx in a.index:
         key = " / ".join(idx)
         if idx not in b.index:
@@ -165,7 +187,7 @@ def compare_metrics(old: Path, new: Path, tol: float, out: Comparison) -> None:
         for col in cols:
             va = float(a.at[idx, col]) if col in a.columns else math.nan
             vb = float(b.at[idx, col]) if col in b.columns else math.nan
-            table = "localization" if col in LOCALIZATION_METRICS else "agnosticism"
+            table = "localization" if col in loc_names else "agnosticism"
             if math.isnan(va) and math.isnan(vb):
                 continue
             if math.isnan(va) or math.isnan(vb):

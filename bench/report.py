@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from salbench.errors import UsageError
+from salbench.metrics.base import SHOWN_VARIANTS, localization_summaries, variant_scores, variant_summary
 from salbench.results import atomic_write_bytes
 from salbench.tables import (
     Col,
@@ -61,12 +62,19 @@ PAPER_TABLES = ("table1", "mask_stats", "table2", "table3")
 
 
 def leaderboard_columns(board: pd.DataFrame) -> list[Col]:
+    """The leaderboard's columns, from the metric registry: every localization summary marked
+    ``leaderboard``, then per shown variant every agnosticism score marked ``leaderboard`` (with
+    the source classifier's own value beside it), then images/s when measured."""
     cols = [Col("method", "method", kind="text"), Col("family", "family", kind="text"), Col("source_model", "source", kind="text"),
-            Col("images", "images", digits=0), Col("le", "LE %", "le", ci=True), Col("om", "OM %", "om", ci=True),
-            Col("f1", "F1 %", "f1", ci=True)]
-    for v, label in (("masked_in", "masked-in"), ("masked_out", "masked-out"), ("inpainted", "inpainted")):
-        cols += [Col(f"{v}_top1", f"{label} top-1 %", f"{v}_top1", ci=True), Col(f"{v}_top1_self", "self", None)]
-    cols.append(Col("area", "area", "area", 3))
+            Col("images", "images", digits=0)]
+    for c in localization_summaries():
+        if c.leaderboard:
+            cols.append(Col(c.name, c.header or c.name, c.name, c.digits, ci=c.ci))
+    for score in variant_scores():
+        if score.leaderboard:
+            for v in SHOWN_VARIANTS:
+                info = variant_summary(score, v)
+                cols += [Col(info.name, info.header, info.name, info.digits, ci=info.ci), Col(f"{info.name}_self", "self", None, info.digits)]
     if "images_per_s" in board.columns and board["images_per_s"].notna().any():
         cols.append(Col("images_per_s", "images/s", "images_per_s", 1))
     cols.append(Col("note", "note", kind="text"))

@@ -29,56 +29,26 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from salbench.metrics.base import table_schema
+
 TABLES = ("localization", "agnosticism")
 
-LOCALIZATION_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("dataset", pa.string()),
-        ("image_index", pa.int64()),
-        ("image_id", pa.string()),
-        ("label", pa.int64()),
-        ("method", pa.string()),
-        ("source_model", pa.string()),
-        ("binarize", pa.string()),
-        ("box", pa.list_(pa.float32(), 4)),
-        ("box_valid", pa.bool_()),
-        ("le", pa.float32()),
-        ("om", pa.float32()),
-        ("f1", pa.float32()),
-        ("precision", pa.float32()),
-        ("recall", pa.float32()),
-        ("area", pa.float32()),
-        ("binary_area", pa.float32()),
-        ("tv", pa.float32()),
-        ("entropy", pa.float32()),
-        ("target", pa.int64()),
-        ("source_correct", pa.bool_()),
-        ("error", pa.string()),
-    ]
-)
 
-AGNOSTICISM_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("dataset", pa.string()),
-        ("image_index", pa.int64()),
-        ("image_id", pa.string()),
-        ("label", pa.int64()),
-        ("method", pa.string()),
-        ("source_model", pa.string()),
-        ("eval_model", pa.string()),
-        ("variant", pa.string()),
-        ("inpaint", pa.string()),
-        ("top1", pa.float32()),
-        ("top5", pa.float32()),
-        ("ce", pa.float32()),
-        ("entropy", pa.float32()),
-        ("error", pa.string()),
-    ]
-)
+def schema(name: str) -> pa.Schema:
+    """The Parquet schema of table ``name``, derived from the metric registry (``salbench.metrics``)."""
+    return table_schema(name)
 
-SCHEMAS = {"localization": LOCALIZATION_SCHEMA, "agnosticism": AGNOSTICISM_SCHEMA}
+
+def __getattr__(attr: str) -> Any:
+    """``LOCALIZATION_SCHEMA``, ``AGNOSTICISM_SCHEMA`` and ``SCHEMAS``: live views of the registry,
+    so a metric registered after import (a plugin, a test) is in the schema too."""
+    if attr == "LOCALIZATION_SCHEMA":
+        return schema("localization")
+    if attr == "AGNOSTICISM_SCHEMA":
+        return schema("agnosticism")
+    if attr == "SCHEMAS":
+        return {t: schema(t) for t in TABLES}
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -164,7 +134,7 @@ class RunWriter:
 
     def write_unit(self, unit: int, tables: dict[str, pa.Table], info: dict[str, Any]) -> None:
         for name, table in tables.items():
-            atomic_write_table(self.run_dir / name / part_name(unit), table.cast(SCHEMAS[name]))
+            atomic_write_table(self.run_dir / name / part_name(unit), table.cast(schema(name)))
         atomic_write_json(self.run_dir / "_progress" / f"{unit:05d}.json", info)
 
 
@@ -174,16 +144,25 @@ def progress_info(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def read_table(run_dir: str | Path, name: str, columns: Iterable[str] | None = None):
-    """One table of a run as a pandas DataFrame: completed batches only, in batch order."""
-    import pandas as pd
+    """One table of a run as a pandas DataFrame: completed batches only, in batch order.
 
+    Columns of the current schema that a part lacks (written before a metric was registered)
+    come back as nulls of the schema's type, so readers need not know which version wrote a run.
+    """
     run_dir = Path(run_dir)
+    full = schema(name)
+    wanted = list(columns) if columns is not None else full.names
+    target = pa.schema([full.field(c) if c in full.names else pa.field(c, pa.null()) for c in wanted])
     done = RunWriter(run_dir).completed()
     files = [run_dir / name / part_name(u) for u in sorted(done) if (run_dir / name / part_name(u)).exists()]
-    if not files:
-        return SCHEMAS[name].empty_table().to_pandas() if columns is None else SCHEMAS[name].empty_table().select(list(columns)).to_pandas()
-    tables = [pq.read_table(f, columns=list(columns) if columns else None) for f in files]
-    return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
+    tables = [_conform(pq.read_table(f, columns=[c for c in wanted if c in pq.read_schema(f).names]), target) for f in files]
+    return (pa.concat_tables(tables) if tables else target.empty_table()).to_pandas()
+
+
+def _conform(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``target``'s columns, in order; missing ones null."""
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type) for f in target]
+    return pa.Table.from_arrays(cols, schema=target)
 
 
 def read_run_json(run_dir: str | Path) -> dict[str, Any]:

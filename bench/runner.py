@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,8 @@ from salbench.datasets import SaliencyDataset, build_dataset, collate
 from salbench.device import device_name, resolve_device, resolve_dtype
 from salbench.errors import NotApplicable, UsageError
 from salbench.methods import METHODS, SaliencyMethod, create_method
-from salbench.metrics import agnosticism, binarize, boxes, localization, statistics
-from salbench.results import RunWriter, atomic_write_json, read_run_json
+from salbench.metrics import MapContext, ScoreContext, agnosticism, binarize, boxes, metrics_for
+from salbench.results import RunWriter, atomic_write_json, read_run_json, schema
 from salbench.rng import image_seeds
 from salbench.weights import check_class_count, drop_background_class
 
@@ -180,6 +180,15 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
+def _column(t: torch.Tensor) -> Any:
+    """A metric's B-long (or B x k) tensor as row values: bools stay bool, B x k becomes lists."""
+    if t.dtype == torch.bool:
+        return t.detach().cpu().numpy().astype(bool)
+    if t.ndim == 2:
+        return _np(t).tolist()
+    return _np(t)
+
+
 class Evaluator:
     """Holds the loaded classifiers and methods of a run; ``evaluate_batch`` makes its rows."""
 
@@ -244,20 +253,35 @@ class Evaluator:
     def _salt(self, method: str) -> int:
         return int(hashlib.sha1(method.encode()).hexdigest()[:7], 16)
 
-    def _localize(self, maps: torch.Tensor, batch) -> dict[str, Any]:
-        """Localisation columns of one (method, source) pair; OM is added per source by the caller."""
+    def _localize(self, maps: torch.Tensor, batch) -> MapContext:
+        """Binarise, box, and every localization-table metric that does not depend on the source
+        classifier (those that do run per source in ``_per_source``)."""
         spec = self.spec
         b = binarize.binarize(maps, spec.binarize, **spec.binarize_params)
         box, box_valid = boxes.box_from_mask(b, spec.box, saliency=maps, images=batch.images)
-        le = localization.localization_error(box, box_valid, batch.boxes, batch.box_valid)
-        f1, prec, rec = localization.continuous_f1(maps, batch.boxes, batch.box_valid)
-        return {
-            "binary": b, "le_t": le,
-            "box": _np(box).tolist(), "box_valid": _np(box_valid).astype(bool), "le": _np(le), "f1": _np(f1),
-            "precision": _np(prec), "recall": _np(rec), "area": _np(statistics.mask_area(maps)),
-            "binary_area": _np(b.float().flatten(1).mean(1)), "tv": _np(statistics.total_variation(maps)),
-            "entropy": _np(statistics.mask_entropy(maps)),
-        }
+        ctx = MapContext(maps=maps, binary=b, box=box, box_valid=box_valid, batch=batch)
+        for metric in metrics_for("localization"):
+            if not metric.per_source and metric.applies(ctx):
+                ctx.values.update(metric.compute(ctx))
+        return ctx
+
+    @staticmethod
+    def _per_source(ctx: MapContext, source_correct: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """The source-dependent metrics on top of ``ctx``; all localization columns as row values."""
+        values = dict(ctx.values)
+        here = replace(ctx, source_correct=source_correct, targets=targets, values=values)
+        for metric in metrics_for("localization"):
+            if metric.per_source and metric.applies(here):
+                values.update(metric.compute(here))
+        return {k: _column(v) for k, v in values.items()}
+
+    def _scores(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+        """Every agnosticism-table metric on one classifier's logits."""
+        ctx = ScoreContext(logits=logits, labels=labels)
+        out: dict[str, np.ndarray] = {}
+        for metric in metrics_for("agnosticism"):
+            out.update({k: _np(v) for k, v in metric.compute(ctx).items()})
+        return out
 
     def _agnosticism(self, x: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, Any]]:
         """Scores of every eval classifier on the masked-in, masked-out and inpainted images.
@@ -271,8 +295,8 @@ class Evaluator:
         n = len(x)
         for ev in self.r.eval_models:
             try:
-                s_all = agnosticism.classification_scores(self.classifiers[ev](stacked), labels.repeat(len(masked)))
-                out[ev] = {v: {k: _np(t[j * n : (j + 1) * n]) for k, t in s_all.items()} for j, v in enumerate(masked)}
+                s_all = self._scores(self.classifiers[ev](stacked), labels.repeat(len(masked)))
+                out[ev] = {v: {k: t[j * n : (j + 1) * n] for k, t in s_all.items()} for j, v in enumerate(masked)}
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as exc:
@@ -281,8 +305,6 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate_batch(self, batch) -> tuple[dict[str, pa.Table], dict[str, int]]:
-        from salbench.results import AGNOSTICISM_SCHEMA, LOCALIZATION_SCHEMA
-
         spec, r = self.spec, self.r
         loc, agn = _Rows(), _Rows()
         counts = {"maps": 0, "errors": 0, "load_errors": 0}
@@ -296,7 +318,7 @@ class Evaluator:
                                 label=[int(batch.labels[i])], method=mname, source_model=src, binarize=spec.binarize, error=batch.errors[i])
             keep = [i for i, e in enumerate(batch.errors) if not e]
             if not keep:
-                return {"localization": loc.table(LOCALIZATION_SCHEMA), "agnosticism": agn.table(AGNOSTICISM_SCHEMA)}, counts
+                return {"localization": loc.table(schema("localization")), "agnosticism": agn.table(schema("agnosticism"))}, counts
             batch = batch.select(keep)
         batch = batch.to(self.device)
         x, labels = batch.images, batch.labels
@@ -304,7 +326,7 @@ class Evaluator:
         ids = dict(image_index=_np(batch.index).astype(np.int64), image_id=list(batch.ids), label=_np(labels).astype(np.int64))
 
         logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
-        scores_clean = {name: {k: _np(v) for k, v in agnosticism.classification_scores(lg, labels).items()} for name, lg in logits_clean.items()}
+        scores_clean = {name: self._scores(lg, labels) for name, lg in logits_clean.items()}
         # Classifier-independent methods (controls, trained maskers) give the same maps for every
         # source classifier: compute maps and eval scores once, write rows for every source.
         shared: dict[str, Any] = {}
@@ -323,8 +345,8 @@ class Evaluator:
                 else:
                     try:
                         maps = self._maps(mname, src, x, targets, batch.index, counts)
-                        result = self._localize(maps, batch)
-                        result["agnosticism"] = self._agnosticism(x, result.pop("binary"), labels)
+                        ctx = self._localize(maps, batch)
+                        result = (ctx, self._agnosticism(x, ctx.binary, labels))
                     except torch.cuda.OutOfMemoryError:
                         raise  # handled by evaluate_with_retry: split the batch
                     except Exception as exc:  # one method failing on one batch is an error row, not a crash
@@ -337,12 +359,17 @@ class Evaluator:
                     counts["errors"] += len(x)
                     loc.add(**row_base, binarize=spec.binarize, error=_one_line(result), source_correct=_np(source_correct).astype(bool))
                     continue
-                om = localization.official_metric(result["le_t"], source_correct)
-                loc.add(**row_base, binarize=spec.binarize, om=_np(om), target=_np(targets).astype(np.int64),
-                        source_correct=_np(source_correct).astype(bool), error=None,
-                        **{k: v for k, v in result.items() if k not in ("le_t", "agnosticism")})
+                ctx, per_eval = result
+                try:
+                    values = self._per_source(ctx, source_correct, targets)
+                except Exception as exc:  # a failing source-dependent metric: error rows for this pair
+                    counts["errors"] += len(x)
+                    loc.add(**row_base, binarize=spec.binarize, error=_one_line(exc), source_correct=_np(source_correct).astype(bool))
+                    continue
+                loc.add(**row_base, binarize=spec.binarize, target=_np(targets).astype(np.int64),
+                        source_correct=_np(source_correct).astype(bool), error=None, **values)
                 counts["maps"] += len(x)
-                for ev, per_variant in result["agnosticism"].items():
+                for ev, per_variant in per_eval.items():
                     s = scores_clean[ev]
                     agn.add(**row_base, eval_model=ev, variant="original", inpaint=spec.inpaint, error=None, **s)
                     for variant, scores in per_variant.items():
@@ -351,7 +378,7 @@ class Evaluator:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=_one_line(scores))
                         else:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=None, **scores)
-        return {"localization": loc.table(LOCALIZATION_SCHEMA), "agnosticism": agn.table(AGNOSTICISM_SCHEMA)}, counts
+        return {"localization": loc.table(schema("localization")), "agnosticism": agn.table(schema("agnosticism"))}, counts
 
 
 def batches(n: int, batch_size: int) -> list[list[int]]:

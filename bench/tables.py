@@ -36,31 +36,49 @@ import numpy as np
 import pandas as pd
 
 from salbench.errors import UsageError, close_matches
-from salbench.metrics import METRICS, MetricInfo
+from salbench.metrics import METRICS, MetricInfo, descriptors
+from salbench.metrics.base import VARIANTS, localization_summaries, variant_scores
 from salbench.results import read_run_json, read_table
 
-VARIANTS = ("original", "masked_in", "masked_out", "inpainted")
-LOC_METRICS = ("le", "om", "f1", "precision", "recall")
-STAT_METRICS = ("area", "tv", "entropy")
-LOC_COLUMNS = ["image_index", "image_id", "label", "method", "source_model", *LOC_METRICS, *STAT_METRICS, "error"]
-AGN_COLUMNS = ["image_id", "method", "source_model", "eval_model", "variant", "top1", "top5", "error"]
 CONTROL_NAMES = ("centre", "full", "random")
 THROUGHPUT_FILE = "throughput.parquet"
+ID_LOC = ["image_index", "image_id", "label", "method", "source_model"]
+ID_AGN = ["image_id", "method", "source_model", "eval_model", "variant"]
 
-#: Descriptor for the throughput column (not a per-image metric, so not in ``METRICS``).
+#: Descriptor for the throughput column (not a per-image metric, so not in the registry).
 IMAGES_PER_S = MetricInfo("images_per_s", "higher", False, "images per second of the method on its source classifier")
 
 #: Protocol fields: what must agree for two runs' numbers to be comparable.
 PROTOCOL_FIELDS = ("dataset", "image_size", "binarize", "binarize_params", "box", "inpaint", "target", "num_images", "eval_models")
 
 
+def loc_metrics() -> list[str]:
+    """Localization-table columns summarised by their mean over images (from the metric registry)."""
+    return [c.name for c in localization_summaries() if c.aggregate == "mean"]
+
+
+def loc_columns() -> list[str]:
+    """The localization columns reports read: ids, every summarised metric column, the error."""
+    return [*ID_LOC, *dict.fromkeys(c.column for c in localization_summaries() if c.aggregate == "mean" or c.source), "error"]
+
+
+def agn_scores(shown_only: bool = False) -> list[str]:
+    """Agnosticism scores summarised per variant (``shown_only``: those the leaderboard or compare uses)."""
+    return [c.column for c in variant_scores() if not shown_only or c.leaderboard or c.compare]
+
+
+def agn_columns() -> list[str]:
+    return [*ID_AGN, *agn_scores(), "error"]
+
+
 def metric_descriptor(name: str) -> MetricInfo:
     if name == "images_per_s":
         return IMAGES_PER_S
+    known = descriptors()
     base = name.removesuffix("_self")
-    if base in METRICS:
-        return METRICS[base]
-    raise UsageError(f"unknown metric {name!r}{close_matches(name, list(METRICS))}; known: {', '.join(METRICS)}")
+    if base in known:
+        return known[base]
+    raise UsageError(f"unknown metric {name!r}{close_matches(name, list(known))}; known: {', '.join(known)}")
 
 
 def method_family(name: str) -> str:
@@ -237,7 +255,7 @@ def _build_group(index: int, runs: list[RunInfo]) -> Group:
     models: list[str] = []
     per_run_loc: list[pd.DataFrame] = []
     for k, r in enumerate(runs):
-        loc = read_table(r.path, "localization", columns=LOC_COLUMNS)
+        loc = read_table(r.path, "localization", columns=loc_columns())
         per_run_loc.append(loc)
         if r.meta.get("status") not in (None, "complete"):
             notes.append(f"run {r.run_id} ({r.path}) has status {r.meta.get('status')!r}: partial results")
@@ -258,7 +276,7 @@ def _build_group(index: int, runs: list[RunInfo]) -> Group:
         for m, _ in mine:
             method_runs[m] = r
         loc = per_run_loc[k]
-        agn = read_table(r.path, "agnosticism", columns=AGN_COLUMNS)
+        agn = read_table(r.path, "agnosticism", columns=agn_columns())
         if len(mine) < len(set(map(tuple, loc[["method", "source_model"]].drop_duplicates().to_numpy().tolist()))):
             keep = pd.MultiIndex.from_tuples(sorted(mine))
             loc = loc[pd.MultiIndex.from_frame(loc[["method", "source_model"]]).isin(keep)]
@@ -269,7 +287,7 @@ def _build_group(index: int, runs: list[RunInfo]) -> Group:
         if tp is not None:
             tps.append(tp)
     loc = pd.concat(locs, ignore_index=True) if locs else per_run_loc[0].iloc[:0]
-    agn = pd.concat(agns, ignore_index=True) if agns else read_table(runs[0].path, "agnosticism", columns=AGN_COLUMNS)
+    agn = pd.concat(agns, ignore_index=True) if agns else read_table(runs[0].path, "agnosticism", columns=agn_columns())
     _categorical(loc, ["image_id", "method", "source_model"])
     _categorical(agn, ["image_id", "method", "source_model", "eval_model", "variant"])
     # not-applicable pairs: keep those no run produced rows for
@@ -402,41 +420,50 @@ def leaderboard(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: 
     """One row per (method, source classifier); percent metrics x100; ``<col>_lo/_hi`` 95% CIs."""
     loc_all = group.loc
     loc = _loc_ok(group)
-    cols = [*LOC_METRICS, *STAT_METRICS]
-    board = summarize(loc, ["method", "source_model"], cols, n_boot=n_boot, alpha=alpha, seed=seed, ci=("le", "om", "f1"))
-    board = board.rename(columns={"le_n": "images"}).drop(columns=[f"{c}_n" for c in cols if c != "le"])
+    summaries = localization_summaries()
+    cols = [c.name for c in summaries if c.aggregate == "mean"]
+    board = summarize(loc, ["method", "source_model"], cols, n_boot=n_boot, alpha=alpha, seed=seed,
+                      ci=[c.name for c in summaries if c.aggregate == "mean" and c.ci])
+    board = board.drop(columns=[f"{c}_n" for c in cols])
     if len(board):
-        std = loc.groupby(["method", "source_model"], observed=True, sort=False)["area"].std(ddof=0).rename("area_std").reset_index()
-        board = _merge(board, std)
-    for m in LOC_METRICS:
-        _scale(board, m, METRICS[m].percent)
+        keys = loc.groupby(["method", "source_model"], observed=True, sort=False)
+        board = _merge(board, keys.size().rename("images").reset_index())
+        for c in summaries:
+            if c.aggregate == "std":
+                board = _merge(board, keys[c.source].std(ddof=0).rename(c.name).reset_index())
+    else:
+        board["images"] = pd.Series(dtype=np.int64)
+    for c in summaries:
+        _scale(board, c.name, c.percent)
     # errors per pair
     err = loc_all[loc_all["error"].notna()]
     if len(err):
         e = err.groupby(["method", "source_model"], observed=True, sort=False)["error"].agg(["size", "first"]).reset_index()
         e = e.rename(columns={"size": "errors", "first": "first_error"})
         board = _merge(board, e, how="outer")
-    # agnosticism
-    per = per_image_agnosticism(group, "top1")
-    if len(per):
-        s = summarize(per, ["method", "source_model", "variant"], ("cross", "self"), n_boot=n_boot, alpha=alpha, seed=seed, ci=("cross", "self"))
-        wide = []
+    # agnosticism: per variant, cross-classifier (eval classifiers other than the source) and self
+    per = pd.DataFrame()
+    for score in variant_scores():
+        if not (score.leaderboard or score.compare):
+            continue
+        per = per_image_agnosticism(group, score.column)
+        if per.empty:
+            continue
+        s = summarize(per, ["method", "source_model", "variant"], ("cross", "self"), n_boot=n_boot, alpha=alpha, seed=seed,
+                      ci=("cross", "self") if score.ci else ())
         for v in VARIANTS:
             sv = s[s["variant"] == v]
             if sv.empty:
                 continue
-            name = f"{v}_top1"
-            part = pd.DataFrame({
-                "method": sv["method"].astype(str).to_numpy(),
-                "source_model": sv["source_model"].astype(str).to_numpy(),
-                name: sv["cross"].to_numpy(), f"{name}_lo": sv["cross_lo"].to_numpy(), f"{name}_hi": sv["cross_hi"].to_numpy(),
-                f"{name}_self": sv["self"].to_numpy(), f"{name}_self_lo": sv["self_lo"].to_numpy(), f"{name}_self_hi": sv["self_hi"].to_numpy(),
-                f"{name}_n": sv["cross_n"].to_numpy(),
-            })
+            name = f"{v}_{score.name}"
+            cols_v = {"method": sv["method"].astype(str).to_numpy(), "source_model": sv["source_model"].astype(str).to_numpy(),
+                      name: sv["cross"].to_numpy(), f"{name}_self": sv["self"].to_numpy(), f"{name}_n": sv["cross_n"].to_numpy()}
+            if score.ci:
+                cols_v.update({f"{name}_lo": sv["cross_lo"].to_numpy(), f"{name}_hi": sv["cross_hi"].to_numpy(),
+                               f"{name}_self_lo": sv["self_lo"].to_numpy(), f"{name}_self_hi": sv["self_hi"].to_numpy()})
+            part = pd.DataFrame(cols_v)
             for c in (name, f"{name}_self"):
-                _scale(part, c, True)
-            wide.append(part)
-        for part in wide:
+                _scale(part, c, score.percent)
             board = _merge(board, part, how="outer")
     if len(per) and per["cross"].isna().all() and per["self"].notna().any():
         note = "no eval classifier other than the source classifier: cross-classifier columns are empty (see self)"
@@ -501,22 +528,29 @@ def sort_board(board: pd.DataFrame, models: Sequence[str], key: str = "le") -> p
 
 
 # ----------------------------------------------------------------------------- paired comparison
-AGN_METRIC = re.compile(r"^(original|masked_in|masked_out|inpainted)_(top1|top5)(_self)?$")
+def _agn_metric(metric: str) -> tuple[str, str, bool] | None:
+    """``<variant>_<score>[_self]`` -> (variant, table column, self) for agnosticism summaries."""
+    for score in variant_scores():
+        for v in VARIANTS:
+            for is_self in (False, True):
+                if metric == f"{v}_{score.name}" + ("_self" if is_self else ""):
+                    return v, score.column, is_self
+    return None
 
 
 def _per_image_metric(group: Group, method: str, metric: str, source: str) -> pd.Series:
     """Per-image values (index image_id, [0,1] units) of ``metric`` for ``method`` on ``source``."""
-    m = AGN_METRIC.match(metric)
-    if m:
-        variant, score, is_self = m.group(1), m.group(2), bool(m.group(3))
+    agn = _agn_metric(metric)
+    if agn:
+        variant, score, is_self = agn
         per = per_image_agnosticism(group, score)
         per = per[(per["method"] == method) & (per["source_model"] == source) & (per["variant"] == variant)]
         return per.set_index("image_id")["self" if is_self else "cross"].dropna()
-    if metric in LOC_METRICS or metric in STAT_METRICS:
+    if metric in loc_metrics():
         loc = _loc_ok(group)
         loc = loc[(loc["method"] == method) & (loc["source_model"] == source)]
         return loc.groupby("image_id", observed=True)[metric].mean()
-    known = [*LOC_METRICS, *STAT_METRICS, *(f"{v}_{s}" for v in VARIANTS for s in ("top1", "top5"))]
+    known = [*loc_metrics(), *(f"{v}_{c.name}" for c in variant_scores() for v in VARIANTS)]
     raise UsageError(f"unknown metric {metric!r}{close_matches(metric, known)}; known: {', '.join(known)}")
 
 

@@ -1,94 +1,41 @@
-"""Metrics: pure batched tensor functions (submodules) plus the descriptors reports sort by.
+"""Metrics: pure batched tensor functions plus the registry that tables and reports derive from.
 
-Submodules (imported on demand, so this package stays light):
-  ``binarize`` (continuous map -> binary mask), ``boxes`` (mask -> box), ``localization``
-  (IoU, LE, OM, continuous F1), ``statistics`` (area, TV, entropy), ``agnosticism`` (image
-  variants, classification scores), ``inpainting`` (backends).
+Every module here is imported with the package, so a module that defines a ``@register_metric``
+class adds that metric to every run, Parquet schema, leaderboard, HTML report and ``compare``
+(see ``salbench.metrics.base`` and docs/architecture.md). Helper modules that register nothing:
+``binarize`` (continuous map -> binary mask), ``inpainting`` (backends), ``_util``.
 
-Here: ``MetricInfo`` / ``METRICS`` say, for every reported column, whether lower or higher is
-better and whether it is shown as a percentage, so leaderboards sort and draw arrows from the
-metric itself; ``MeanAccumulator`` and ``bootstrap_ci`` aggregate per-image values.
+Here too: ``MeanAccumulator`` and ``bootstrap_ci`` aggregate per-image values.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import pkgutil
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
-from salbench.errors import UsageError, close_matches
-
-Direction = Literal["lower", "higher"] | None
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """What a report needs to know about a metric column."""
-
-    name: str
-    direction: Direction  # "lower" / "higher" is better; None: descriptive, no ranking
-    percent: bool  # per-image values in [0, 1] shown x100 with a % sign
-    description: str
-
-    def __post_init__(self) -> None:
-        if self.direction not in ("lower", "higher", None):
-            raise ValueError(f"direction must be 'lower', 'higher' or None, got {self.direction!r}")
-
-    @property
-    def arrow(self) -> str:
-        """``↓`` / ``↑`` for column headers, empty when the metric does not rank."""
-        return {"lower": "↓", "higher": "↑"}.get(self.direction or "", "")
-
-    @property
-    def higher_is_better(self) -> bool | None:
-        return None if self.direction is None else self.direction == "higher"
-
-
-def _m(name: str, direction: Direction, percent: bool, description: str) -> tuple[str, MetricInfo]:
-    return name, MetricInfo(name, direction, percent, description)
-
-
-METRICS: dict[str, MetricInfo] = dict(
-    [
-        # localisation table
-        _m("le", "lower", True, "localisation error: box IoU with every GT box < 0.5"),
-        _m("om", "lower", True, "official ImageNet metric: LE miss or wrong source top-1"),
-        _m("f1", "higher", True, "continuous F1 of the map against the best GT box"),
-        _m("precision", "higher", True, "share of the map's mass inside the best GT box"),
-        _m("recall", "higher", True, "mean map value inside the best GT box"),
-        # mask statistics (descriptive)
-        _m("area", None, False, "mean mask value per image"),
-        _m("area_std", None, False, "population std across images of the per-image mean mask"),
-        _m("tv", None, False, "total variation: mean squared horizontal + vertical differences"),
-        _m("entropy", None, False, "mask entropy: sum of -m log2 m over 0<m<1, per pixel"),
-        # classification scores (agnosticism table: its 'entropy' column is pred_entropy)
-        _m("top1", "higher", True, "top-1 accuracy"),
-        _m("top5", "higher", True, "top-5 accuracy"),
-        _m("ce", "lower", False, "cross-entropy of the true label, nats"),
-        _m("pred_entropy", None, False, "entropy of the softmax prediction, nats"),
-        # agnosticism leaderboard columns: what a good saliency map does to other classifiers
-        _m("original_top1", "higher", True, "top-1 on the clean image (reference)"),
-        _m("masked_in_top1", "higher", True, "top-1 when only the mask is kept: the object must survive"),
-        _m("masked_out_top1", "lower", True, "top-1 when the mask is blacked out: the object must be gone"),
-        _m("inpainted_top1", "lower", True, "top-1 when the mask is inpainted: gone without a black hole"),
-        _m("original_top5", "higher", True, "top-5 on the clean image (reference)"),
-        _m("masked_in_top5", "higher", True, "top-5 when only the mask is kept"),
-        _m("masked_out_top5", "lower", True, "top-5 when the mask is blacked out"),
-        _m("inpainted_top5", "lower", True, "top-5 when the mask is inpainted"),
-    ]
+from salbench.metrics.base import (
+    METRIC_REGISTRY,
+    METRICS,
+    Direction,
+    MapContext,
+    Metric,
+    MetricInfo,
+    ScoreContext,
+    descriptors,
+    metric_info,
+    metrics_for,
+    register_metric,
+    table_schema,
+    unregister_metric,
 )
 
-
-def metric_info(name: str) -> MetricInfo:
-    """The descriptor of ``name``; an unknown name is a ``UsageError`` naming close matches."""
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise UsageError(f"unknown metric {name!r}{close_matches(name, METRICS)}; known: {', '.join(METRICS)}") from None
+__all__ = ["METRICS", "METRIC_REGISTRY", "Direction", "MapContext", "MeanAccumulator", "Metric", "MetricInfo", "ScoreContext",
+           "bootstrap_ci", "descriptors", "metric_info", "metrics_for", "register_metric", "table_schema", "unregister_metric"]
 
 
 def _as_tensor(values) -> torch.Tensor:
@@ -183,3 +130,9 @@ def bootstrap_ci(
         means[start:stop] = v[idx].mean(axis=1)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+# Last, so that metric modules may use everything above: importing the package registers them all.
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name != "base" and not _mod.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")

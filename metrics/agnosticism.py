@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from salbench.errors import UsageError, close_matches
+from salbench.metrics.base import VARIANTS, Metric, MetricInfo, ScoreContext, register_metric
 from salbench.metrics.inpainting import inpaint as _inpaint
 
-VARIANTS = ("original", "masked_in", "masked_out", "inpainted")
+__all__ = ["VARIANTS", "classification_scores", "compose"]
 
 
 def compose(x: torch.Tensor, b: torch.Tensor, variant: str, inpaint: str = "telea") -> torch.Tensor:
@@ -59,3 +60,22 @@ def classification_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[st
     p = logp.exp()
     entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(dim=1)
     return {"top1": top1, "top5": top5, "ce": ce, "entropy": entropy}
+
+
+@register_metric
+class ClassificationScores(Metric):
+    """How an eval classifier scores an image variant: the agnosticism table's columns."""
+
+    name = "classification"
+    table = "agnosticism"
+    needs = frozenset({"eval"})
+    columns = (
+        MetricInfo("top1", "higher", True, "top-1 accuracy", aggregate="by_variant", ci=True, leaderboard=True, compare=True, header="top-1 %"),
+        MetricInfo("top5", "higher", True, "top-5 accuracy", aggregate="by_variant", header="top-5 %"),
+        MetricInfo("ce", "lower", False, "cross-entropy of the true label, nats", aggregate="by_variant", digits=3),
+        MetricInfo("pred_entropy", None, False, "entropy of the softmax prediction, nats", aggregate="by_variant", digits=3,
+                   table_name="entropy"),
+    )
+
+    def compute(self, ctx: ScoreContext) -> dict[str, torch.Tensor]:
+        return classification_scores(ctx.logits, ctx.labels)

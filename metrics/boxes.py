@@ -12,9 +12,11 @@ except one convergence check every few iterations.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from salbench.metrics._util import check_maps, thread_map
+from salbench.metrics.base import MapContext, Metric, MetricInfo, register_metric
 from salbench.registry import Registry
 
 BOX_RULES: Registry = Registry("box rule")
@@ -226,3 +228,18 @@ def box_from_mask(
     """Boxes (B x 4 float32, pixel edges) and validity (B bool) from binary masks B x H x W."""
     check_maps(b, "masks")
     return BOX_RULES.get(rule)(b, saliency=saliency, images=images)
+
+
+@register_metric
+class PredictedBox(Metric):
+    """The box the localisation metrics score, stored so a row says what was scored."""
+
+    name = "box"
+    needs = frozenset({"box"})
+    columns = (
+        MetricInfo("box", None, False, "predicted box (x0, y0, x1, y1), pixel edges", aggregate=None, dtype=pa.list_(pa.float32(), 4)),
+        MetricInfo("box_valid", None, False, "a box was found (non-empty binary mask)", aggregate=None, dtype=pa.bool_()),
+    )
+
+    def compute(self, ctx: MapContext) -> dict[str, torch.Tensor]:
+        return {"box": ctx.box, "box_valid": ctx.box_valid}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from salbench.metrics._util import acc_dtype, check_maps
+from salbench.metrics.base import MapContext, Metric, MetricInfo, register_metric
 
 
 def box_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -116,3 +117,49 @@ def continuous_f1(
         return torch.where(any_valid, x.gather(1, best)[:, 0], 0.0).to(torch.float32)
 
     return pick(f1), pick(p), pick(r)
+
+
+# ----------------------------------------------------------------------------- registered metrics
+@register_metric
+class LocalizationErrorMetric(Metric):
+    """LE: the predicted box misses every GT box (IoU < 0.5)."""
+
+    name = "le"
+    needs = frozenset({"box", "gt_boxes"})
+    columns = (MetricInfo("le", "lower", True, "localisation error: box IoU with every GT box < 0.5",
+                          ci=True, leaderboard=True, compare=True, header="LE %"),)
+
+    def compute(self, ctx: MapContext) -> dict[str, torch.Tensor]:
+        return {"le": localization_error(ctx.box, ctx.box_valid, ctx.batch.boxes, ctx.batch.box_valid)}
+
+
+@register_metric
+class OfficialMetric(Metric):
+    """OM: LE miss or a wrong top-1 of the source classifier on the clean image."""
+
+    name = "om"
+    needs = frozenset({"source"})
+    requires = ("le",)
+    columns = (MetricInfo("om", "lower", True, "official ImageNet metric: LE miss or wrong source top-1",
+                          ci=True, leaderboard=True, compare=True, header="OM %"),)
+
+    def compute(self, ctx: MapContext) -> dict[str, torch.Tensor]:
+        return {"om": official_metric(ctx.values["le"], ctx.source_correct)}
+
+
+@register_metric
+class ContinuousF1Metric(Metric):
+    """Continuous F1 of the map against the best GT box, with its precision and recall."""
+
+    name = "f1"
+    needs = frozenset({"maps", "gt_boxes"})
+    columns = (
+        MetricInfo("f1", "higher", True, "continuous F1 of the map against the best GT box", ci=True, leaderboard=True, compare=True,
+                   header="F1 %"),
+        MetricInfo("precision", "higher", True, "share of the map's mass inside the best GT box"),
+        MetricInfo("recall", "higher", True, "mean map value inside the best GT box"),
+    )
+
+    def compute(self, ctx: MapContext) -> dict[str, torch.Tensor]:
+        f1, p, r = continuous_f1(ctx.maps, ctx.batch.boxes, ctx.batch.box_valid)
+        return {"f1": f1, "precision": p, "recall": r}

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from salbench.metrics._util import check_maps
+from salbench.metrics.base import MapContext, Metric, MetricInfo, register_metric
 
 
 def mask_area(m: torch.Tensor) -> torch.Tensor:
@@ -64,3 +65,23 @@ def area_std(areas: torch.Tensor | np.ndarray | Sequence[float]) -> float:
     if a.size == 0:
         return math.nan
     return float(np.std(a, ddof=0))
+
+
+@register_metric
+class MaskStatistics(Metric):
+    """How big, how smooth and how decided each map is (descriptive: no direction)."""
+
+    name = "mask_statistics"
+    needs = frozenset({"maps", "binary"})
+    columns = (
+        MetricInfo("area", None, False, "mean mask value per image", leaderboard=True, header="area", digits=3),
+        MetricInfo("binary_area", None, False, "share of pixels kept by the binarisation", digits=3),
+        MetricInfo("tv", None, False, "total variation: mean squared horizontal + vertical differences", digits=4),
+        MetricInfo("entropy", None, False, "mask entropy: sum of -m log2 m over 0<m<1, per pixel", digits=4),
+    )
+    summaries = (MetricInfo("area_std", None, False, "population std across images of the per-image mean mask", aggregate="std",
+                            source="area", digits=3),)
+
+    def compute(self, ctx: MapContext) -> dict[str, torch.Tensor]:
+        return {"area": mask_area(ctx.maps), "binary_area": ctx.binary.float().flatten(1).mean(1),
+                "tv": total_variation(ctx.maps), "entropy": mask_entropy(ctx.maps)}

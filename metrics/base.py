@@ -1,0 +1,301 @@
+"""The metric registry: one registered object per metric, from which tables and reports derive.
+
+A metric (torchmetrics-style) is a small class with
+
+* ``compute(ctx)``: a pure batched function on the device, returning one B-long tensor per
+  output column;
+* ``needs``: what it reads (``maps``, ``binary``, ``box``, ``gt_boxes``, ``gt_masks``,
+  ``source``: the source classifier's clean prediction; ``eval``: an eval classifier's logits);
+* ``table``: which Parquet table its columns go to (``localization``: one row per image x
+  method x source classifier; ``agnosticism``: one row per image x method x source x eval
+  classifier x image variant);
+* ``columns``: ``MetricInfo`` per output column: Arrow type, direction (higher / lower / none is
+  better), unit (percent or not), how it is aggregated over images (``mean``; ``by_variant``:
+  the agnosticism summary per image variant, cross-classifier and self; ``None``: stored only),
+  whether the leaderboard shows it (with a 95% bootstrap interval or not) and whether
+  ``salbench compare`` checks it;
+* ``summaries``: extra dataset-level values derived from a column (e.g. ``area_std``).
+
+Everything downstream reads the registry: the Parquet schemas (``table_schema``), the runner's
+evaluation loop, the leaderboard and its HTML page, ``salbench compare`` and the parametrised
+tests. A new metric is one new module in ``metrics/`` with a ``@register_metric`` class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import pyarrow as pa
+import torch
+
+from salbench.errors import UsageError, close_matches
+from salbench.registry import Registry
+
+Direction = Literal["lower", "higher"] | None
+Aggregate = Literal["mean", "std", "by_variant"] | None
+
+TABLES = ("localization", "agnosticism")
+NEEDS = frozenset({"maps", "binary", "box", "gt_boxes", "gt_masks", "source", "eval"})
+VARIANTS = ("original", "masked_in", "masked_out", "inpainted")
+#: What a good map does to a classifier's score on each image variant: keep the object in the
+#: masked-in image (+1: the score's own direction), remove it from masked-out and inpainted (-1).
+VARIANT_GOAL = {"original": 1, "masked_in": 1, "masked_out": -1, "inpainted": -1}
+#: The agnosticism variants the leaderboard shows (original is the reference, kept in the frame).
+SHOWN_VARIANTS = ("masked_in", "masked_out", "inpainted")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """One output column of a metric, or one derived summary: what tables and reports need."""
+
+    name: str
+    direction: Direction  # "lower" / "higher" is better; None: descriptive, no ranking
+    percent: bool  # per-image values in [0, 1] shown x100 with a % sign
+    description: str
+    aggregate: Aggregate = "mean"
+    ci: bool = False  # the leaderboard gives a bootstrap interval over images
+    leaderboard: bool = False  # shown in the leaderboard (always present in leaderboard.json)
+    compare: bool = False  # checked by ``salbench compare``
+    header: str = ""  # leaderboard header; default: the name
+    digits: int = 1
+    dtype: pa.DataType = field(default=pa.float32(), compare=False)
+    source: str = ""  # for summaries: the column they are computed from
+    table_name: str = ""  # the name in the Parquet table when it differs (agnosticism 'entropy')
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("lower", "higher", None):
+            raise ValueError(f"direction must be 'lower', 'higher' or None, got {self.direction!r}")
+        if self.aggregate not in ("mean", "std", "by_variant", None):
+            raise ValueError(f"aggregate must be 'mean', 'std', 'by_variant' or None, got {self.aggregate!r}")
+
+    @property
+    def column(self) -> str:
+        """The column's name in its Parquet table."""
+        return self.table_name or self.name
+
+    @property
+    def arrow(self) -> str:
+        """``↓`` / ``↑`` for column headers, empty when the metric does not rank."""
+        return {"lower": "↓", "higher": "↑"}.get(self.direction or "", "")
+
+    @property
+    def higher_is_better(self) -> bool | None:
+        return None if self.direction is None else self.direction == "higher"
+
+
+@dataclass
+class MapContext:
+    """What a localization-table metric sees for one (method, source classifier) batch.
+
+    ``values`` holds the columns computed so far (metrics listed in ``requires`` run first).
+    ``source_correct`` and ``targets`` are None where the maps are shared by every source
+    classifier (classifier-independent methods): metrics that need ``source`` run per source.
+    """
+
+    maps: torch.Tensor  # B x H x W in [0, 1]
+    binary: torch.Tensor  # B x H x W bool
+    box: torch.Tensor  # B x 4 float32, pixel edges
+    box_valid: torch.Tensor  # B bool
+    batch: Any  # salbench.datasets.Batch on the device: images, labels, boxes, box_valid, gt_masks
+    source_correct: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class ScoreContext:
+    """What an agnosticism-table metric sees: an eval classifier's logits on one image variant."""
+
+    logits: torch.Tensor  # B x C
+    labels: torch.Tensor  # B
+
+
+class Metric:
+    """Base class of registered metrics; subclasses set the class attributes and ``compute``."""
+
+    name: ClassVar[str] = ""
+    table: ClassVar[str] = "localization"
+    needs: ClassVar[frozenset[str]] = frozenset({"maps"})
+    columns: ClassVar[tuple[MetricInfo, ...]] = ()
+    summaries: ClassVar[tuple[MetricInfo, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()  # metrics whose columns ``compute`` reads from ctx.values
+    description: ClassVar[str] = ""
+
+    def compute(self, ctx: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def applies(self, ctx: Any) -> bool:
+        """False where the batch lacks an input (no GT masks): the columns are null, not made up."""
+        if "gt_masks" in self.needs and getattr(ctx, "batch", None) is not None:
+            return ctx.batch.gt_masks is not None
+        return True
+
+    @property
+    def per_source(self) -> bool:
+        return "source" in self.needs
+
+
+METRIC_REGISTRY: Registry[Metric] = Registry("metric")
+
+
+def register_metric(cls: type[Metric]) -> type[Metric]:
+    """Class decorator: validate the declaration and register one instance under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}: a metric needs a name")
+    if cls.table not in TABLES:
+        raise ValueError(f"metric {cls.name!r}: table must be one of {TABLES}, got {cls.table!r}")
+    unknown = set(cls.needs) - NEEDS
+    if unknown:
+        raise ValueError(f"metric {cls.name!r}: unknown needs {sorted(unknown)}; known: {sorted(NEEDS)}")
+    if not cls.columns:
+        raise ValueError(f"metric {cls.name!r} declares no columns")
+    taken = {c.column for m in METRIC_REGISTRY._entries.values() if m.table == cls.table and m.name != cls.name for c in m.columns}
+    clash = [c.column for c in cls.columns if c.column in taken | _fixed_names(cls.table)]
+    if clash:
+        raise ValueError(f"metric {cls.name!r}: column(s) {clash} already exist in the {cls.table} table")
+    METRIC_REGISTRY.register(cls.name)(cls())
+    return cls
+
+
+def unregister_metric(name: str) -> None:
+    """Remove a metric (for tests and plugins that registered a temporary one)."""
+    METRIC_REGISTRY._entries.pop(name, None)
+
+
+def metrics_for(table: str) -> list[Metric]:
+    """Registered metrics of ``table`` in registration order, each after the metrics it ``requires``."""
+    mine = {n: m for n, m in METRIC_REGISTRY._entries.items() if m.table == table}
+    done: dict[str, Metric] = {}
+
+    def visit(m: Metric, path: tuple[str, ...]) -> None:
+        if m.name in done:
+            return
+        if m.name in path:
+            raise ValueError(f"metrics require each other in a cycle: {' -> '.join((*path, m.name))}")
+        for r in m.requires:
+            if r not in mine:
+                raise ValueError(f"metric {m.name!r} requires {r!r}, which is not a registered {table} metric")
+            visit(mine[r], (*path, m.name))
+        done[m.name] = m
+
+    for m in mine.values():
+        visit(m, ())
+    return list(done.values())
+
+
+# ----------------------------------------------------------------------------- schemas
+ID_COLUMNS: dict[str, list[tuple[str, pa.DataType]]] = {
+    "localization": [("run_id", pa.string()), ("dataset", pa.string()), ("image_index", pa.int64()), ("image_id", pa.string()),
+                     ("label", pa.int64()), ("method", pa.string()), ("source_model", pa.string()), ("binarize", pa.string())],
+    "agnosticism": [("run_id", pa.string()), ("dataset", pa.string()), ("image_index", pa.int64()), ("image_id", pa.string()),
+                    ("label", pa.int64()), ("method", pa.string()), ("source_model", pa.string()), ("eval_model", pa.string()),
+                    ("variant", pa.string()), ("inpaint", pa.string())],
+}
+TAIL_COLUMNS: dict[str, list[tuple[str, pa.DataType]]] = {
+    "localization": [("target", pa.int64()), ("source_correct", pa.bool_()), ("error", pa.string())],
+    "agnosticism": [("error", pa.string())],
+}
+
+
+def _fixed_names(table: str) -> set[str]:
+    return {n for n, _ in ID_COLUMNS[table] + TAIL_COLUMNS[table]}
+
+
+def table_schema(table: str) -> pa.Schema:
+    """The Parquet schema of ``table``: id columns, every registered metric's columns, tail columns."""
+    if table not in TABLES:
+        raise UsageError(f"unknown table {table!r}{close_matches(table, TABLES)}; known: {', '.join(TABLES)}")
+    fields = list(ID_COLUMNS[table])
+    for m in metrics_for(table):
+        fields += [(c.column, c.dtype) for c in m.columns]
+    fields += TAIL_COLUMNS[table]
+    return pa.schema(fields)
+
+
+def metric_columns(table: str) -> list[MetricInfo]:
+    """Every registered output column of ``table``, in schema order."""
+    return [c for m in metrics_for(table) for c in m.columns]
+
+
+# ----------------------------------------------------------------------------- descriptors
+def variant_summary(score: MetricInfo, variant: str) -> MetricInfo:
+    """The agnosticism summary ``<variant>_<score>``: direction flipped where a good map removes the object."""
+    d = score.direction
+    if d is not None and VARIANT_GOAL[variant] < 0:
+        d = "lower" if d == "higher" else "higher"
+    what = {"original": "on the clean image (reference)", "masked_in": "when only the mask is kept: the object must survive",
+            "masked_out": "when the mask is blacked out: the object must be gone",
+            "inpainted": "when the mask is inpainted: gone without a black hole"}[variant]
+    label = variant.replace("_", "-")
+    return MetricInfo(f"{variant}_{score.name}", d, score.percent, f"{score.description} {what}", aggregate="by_variant",
+                      ci=score.ci, leaderboard=score.leaderboard and variant in SHOWN_VARIANTS, compare=score.compare,
+                      header=f"{label} {score.header or score.name}", digits=score.digits, source=score.name)
+
+
+def descriptors() -> dict[str, MetricInfo]:
+    """Every name a report, ``compare`` or ``--paired-metric`` can use: columns, summaries, variant summaries."""
+    out: dict[str, MetricInfo] = {}
+    for m in METRIC_REGISTRY._entries.values():
+        for c in m.columns:
+            out.setdefault(c.name, c)
+            if c.aggregate == "by_variant":
+                for v in VARIANTS:
+                    s = variant_summary(c, v)
+                    out.setdefault(s.name, s)
+        for s in m.summaries:
+            out.setdefault(s.name, s)
+    return out
+
+
+class _Descriptors:
+    """Read-only live view of ``descriptors()`` (so ``METRICS[name]`` sees metrics registered later)."""
+
+    def __getitem__(self, name: str) -> MetricInfo:
+        return descriptors()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in descriptors()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(descriptors())
+
+    def __len__(self) -> int:
+        return len(descriptors())
+
+    def get(self, name: str, default: MetricInfo | None = None) -> MetricInfo | None:
+        return descriptors().get(name, default)
+
+    def keys(self):
+        return descriptors().keys()
+
+    def items(self):
+        return descriptors().items()
+
+    def values(self):
+        return descriptors().values()
+
+
+METRICS = _Descriptors()
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The descriptor of ``name``; an unknown name is a ``UsageError`` naming close matches."""
+    known = descriptors()
+    try:
+        return known[name]
+    except KeyError:
+        raise UsageError(f"unknown metric {name!r}{close_matches(name, known)}; known: {', '.join(known)}") from None
+
+
+def localization_summaries() -> list[MetricInfo]:
+    """Leaderboard values of the localization table: column means, then derived summaries."""
+    cols = [c for c in metric_columns("localization") if c.aggregate == "mean"]
+    extra = [s for m in metrics_for("localization") for s in m.summaries]
+    return cols + extra
+
+
+def variant_scores() -> list[MetricInfo]:
+    """Agnosticism-table columns summarised per image variant (cross-classifier and self)."""
+    return [c for c in metric_columns("agnosticism") if c.aggregate == "by_variant"]
