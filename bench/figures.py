@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from salbench.tables import VARIANTS, Group, figure3_frame
+from salbench.paper import figure3_frame
+from salbench.tables import VARIANTS, Group
 
 VARIANT_LABELS = {"original": "original", "masked_in": "masked-in", "masked_out": "masked-out", "inpainted": "inpainted"}
 VARIANT_COLORS = {"original": "#9e9e9e", "masked_in": "#2b8cbe", "masked_out": "#e34a33", "inpainted": "#fdbb84"}

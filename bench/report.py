@@ -42,19 +42,15 @@ import pandas as pd
 
 from salbench.errors import UsageError
 from salbench.metrics.base import SHOWN_VARIANTS, localization_summaries, variant_scores, variant_summary
+from salbench.paper import mask_stats, table1, table2, table3
+from salbench.render import Col, Table
 from salbench.results import atomic_write_bytes
 from salbench.tables import (
-    Col,
     Group,
-    Table,
     leaderboard,
     load_groups,
-    mask_stats,
     paired_difference,  # noqa: F401  (re-exported: salbench.report.paired_difference)
     paired_from_groups,
-    table1,
-    table2,
-    table3,
 )
 
 DEFAULT_PAIRED_METRICS = ("le", "om", "f1", "masked_in_top1", "masked_out_top1", "inpainted_top1")
