@@ -257,9 +257,11 @@ def compare_runs(old: str | Path, new: str | Path, metric_tol: float = 0.5, thro
         raise UsageError(f"{str(which)!r} holds only throughput results but {str(other)!r} is an evaluation run; nothing comparable on the metrics side")
     if old_meta is not None and new_meta is not None:
         check_protocol(old_meta, new_meta)
-        for meta, p in ((old_meta, old_p), (new_meta, new_p)):
-            if meta.get("status") not in (None, "complete"):
-                out.notes.append(f"{p} is not complete (status {meta.get('status')!r}): only its finished batches are compared")
+        if old_meta.get("status") not in (None, "complete"):
+            raise UsageError(f"OLD run {str(old_p)!r} is not complete (status {old_meta.get('status')!r}): not a baseline; finish it with --resume")
+        if new_meta.get("status") not in (None, "complete"):  # a crashed run must not pass the gate
+            out.changes.append(Change("run", str(new_p), "status", math.nan, math.nan, math.nan, "", 0, True,
+                                      f"incomplete: status {new_meta.get('status')!r}"))
         cfg_a = (old_meta.get("spec") or {}).get("method_configs") or {}
         cfg_b = (new_meta.get("spec") or {}).get("method_configs") or {}
         changed = sorted(m for m in set(cfg_a) & set(cfg_b) if cfg_a[m] != cfg_b[m])

@@ -10,13 +10,16 @@ Layout of a run directory::
 
 A batch counts as done only when its ``_progress`` marker exists; part files are written to a
 temporary name and renamed, and a batch's parts always have the same names, so a batch that is
-recomputed after a crash overwrites its own files: no row is ever lost or doubled. Readers use
-``read_table``, which reads only batches with a marker.
+recomputed after a crash overwrites its own files: no row is ever lost or doubled. A marker holds
+each part's size and sha256: ``read_table`` reads only batches with a marker and refuses a run
+whose parts were truncated, altered or deleted afterwards (one line naming the batch), and
+``--resume`` recomputes those batches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from salbench.errors import UsageError
 from salbench.metrics.base import table_schema
 
 TABLES = ("localization", "agnosticism")
@@ -96,9 +100,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    atomic_write_bytes(path, table_bytes(table))
 
 
 def part_name(unit: int) -> str:
@@ -106,10 +108,16 @@ def part_name(unit: int) -> str:
 
 
 class RunWriter:
-    """Writes one run directory's part files and completion markers."""
+    """Writes one run directory's part files and completion markers.
+
+    A marker records, per table, the part's row count, size and sha256, so a part that was
+    truncated, replaced or deleted after its batch completed is detected (``damaged_units``)
+    instead of being read as a smaller, silently different table.
+    """
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
+        self.repaired: dict[int, str] = {}
 
     def completed(self) -> set[int]:
         prog = self.run_dir / "_progress"
@@ -118,7 +126,11 @@ class RunWriter:
         return {int(p.stem) for p in prog.glob("*.json") if p.stem.isdigit()}
 
     def clean_partial(self) -> int:
-        """Remove temporary files and parts of batches without a marker (left by a crash)."""
+        """Before resuming: forget batches whose parts are damaged (they are recomputed, listed in
+        ``self.repaired``), then remove temporary files and parts of batches without a marker."""
+        self.repaired = damaged_units(self.run_dir)
+        for unit in self.repaired:
+            (self.run_dir / "_progress" / f"{unit:05d}.json").unlink(missing_ok=True)
         done = self.completed()
         removed = 0
         for table in TABLES:
@@ -133,28 +145,98 @@ class RunWriter:
         return removed
 
     def write_unit(self, unit: int, tables: dict[str, pa.Table], info: dict[str, Any]) -> None:
+        parts = {}
         for name, table in tables.items():
-            atomic_write_table(self.run_dir / name / part_name(unit), table.cast(schema(name)))
-        atomic_write_json(self.run_dir / "_progress" / f"{unit:05d}.json", info)
+            data = table_bytes(table.cast(schema(name)))
+            atomic_write_bytes(self.run_dir / name / part_name(unit), data)
+            parts[name] = {"rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        atomic_write_json(self.run_dir / "_progress" / f"{unit:05d}.json", {**info, "parts": parts})
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def _marker(run_dir: Path, unit: int) -> dict[str, Any]:
+    try:
+        info = json.loads((run_dir / "_progress" / f"{unit:05d}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _part_problem(path: Path, expect: dict[str, Any] | None) -> str | None:
+    """Why a completed batch's part cannot be trusted, or None."""
+    if not path.is_file():
+        return "missing"
+    if expect and "sha256" in expect:
+        data = path.read_bytes()
+        if len(data) != expect.get("bytes") or hashlib.sha256(data).hexdigest() != expect["sha256"]:
+            return f"changed since it was written ({len(data)} bytes, {expect.get('bytes')} written)"
+        return None
+    try:  # a marker from before checksums were recorded: at least the file must be whole Parquet
+        pq.read_metadata(path)
+    except Exception as exc:  # noqa: BLE001 (pyarrow raises several types for a truncated file)
+        return f"unreadable ({type(exc).__name__})"
+    return None
+
+
+def damaged_units(run_dir: str | Path, tables: Iterable[str] = TABLES) -> dict[int, str]:
+    """Completed batches whose part in any of ``tables`` is missing, truncated or altered: {unit: why}."""
+    run_dir = Path(run_dir)
+    out: dict[int, str] = {}
+    for unit in sorted(RunWriter(run_dir).completed()):
+        parts = _marker(run_dir, unit).get("parts") or {}
+        for name in tables:
+            why = _part_problem(run_dir / name / part_name(unit), parts.get(name))
+            if why:
+                out[unit] = f"its {name} part {part_name(unit)} is {why}"
+                break
+    return out
+
+
+def check_complete(run_dir: str | Path, tables: Iterable[str] = TABLES) -> None:
+    """Refuse (one-line UsageError) to read a run whose tables would silently miss rows: a damaged
+    part of a completed batch, or a run marked complete with batches lacking their marker."""
+    run_dir = Path(run_dir)
+    resume = f"`salbench run --out {run_dir} --resume` recomputes it"
+    damaged = damaged_units(run_dir, tables)
+    if damaged:
+        unit, why = next(iter(damaged.items()))
+        more = f" (and {len(damaged) - 1} more batches)" if len(damaged) > 1 else ""
+        raise UsageError(f"run {str(run_dir)!r}: batch {unit}: {why}{more}; {resume}")
+    meta = _run_json(run_dir)
+    expected = meta.get("num_batches") if meta.get("status") == "complete" else None
+    if isinstance(expected, int):
+        missing = sorted(set(range(expected)) - RunWriter(run_dir).completed())
+        if missing:
+            raise UsageError(f"run {str(run_dir)!r} says complete but batch {missing[0]} has no completion marker "
+                             f"({len(missing)} of {expected} batches missing); {resume}")
 
 
 def progress_info(run_dir: Path) -> list[dict[str, Any]]:
+    """Each completed batch's counts (its marker without the part checksums)."""
     prog = Path(run_dir) / "_progress"
-    return [json.loads(p.read_text()) for p in sorted(prog.glob("*.json"))] if prog.is_dir() else []
+    infos = [json.loads(p.read_text()) for p in sorted(prog.glob("*.json"))] if prog.is_dir() else []
+    return [{k: v for k, v in info.items() if k != "parts"} for info in infos]
 
 
 def read_table(run_dir: str | Path, name: str, columns: Iterable[str] | None = None):
     """One table of a run as a pandas DataFrame: completed batches only, in batch order.
 
-    Columns of the current schema that a part lacks (written before a metric was registered)
-    come back as nulls of the schema's type, so readers need not know which version wrote a run.
+    A damaged part or a missing batch of a complete run is refused (``check_complete``), never
+    read as a smaller table. Columns of the current schema that a part lacks (written before a
+    metric was registered) come back as nulls of the schema's type.
     """
     run_dir = Path(run_dir)
+    check_complete(run_dir, (name,))
     full = schema(name)
     wanted = list(columns) if columns is not None else full.names
     target = pa.schema([full.field(c) if c in full.names else pa.field(c, pa.null()) for c in wanted])
     done = RunWriter(run_dir).completed()
-    files = [run_dir / name / part_name(u) for u in sorted(done) if (run_dir / name / part_name(u)).exists()]
+    files = [run_dir / name / part_name(u) for u in sorted(done)]
     tables = [_conform(pq.read_table(f, columns=[c for c in wanted if c in pq.read_schema(f).names]), target) for f in files]
     return (pa.concat_tables(tables) if tables else target.empty_table()).to_pandas()
 
@@ -165,10 +247,22 @@ def _conform(table: pa.Table, target: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=target)
 
 
+def _run_json(run_dir: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def read_run_json(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
-        from salbench.errors import UsageError
-
         raise UsageError(f"{str(run_dir)!r} is not a salbench run directory (no run.json)")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{str(path)!r} is not valid JSON ({exc}); the run's tables are intact, its provenance is not") from None
+    if not isinstance(meta, dict):
+        raise UsageError(f"{str(path)!r} is not a salbench run.json (a JSON object)")
+    return meta

@@ -2,7 +2,7 @@
 
 A method subclasses ``SaliencyMethod`` and overrides ``attribute`` (raw, non-negative maps for a
 batch); ``__call__`` checks applicability, upsamples to the image size and normalises. Register it
-with ``@register_method("name")``; any module in ``salbench/methods/`` is imported by the package,
+with ``@register_method("name")``; any module in ``methods/`` (``salbench.methods``) is imported by the package,
 so a new file is all a new method needs (the test suite is parametrised over the registry).
 
 Normalisation rule (documented contract): the raw map ``a >= 0`` of each image is divided by its
