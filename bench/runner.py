@@ -36,6 +36,7 @@ from salbench.config import RunSpec, spec_hash
 from salbench.datasets import SaliencyDataset, build_dataset, collate
 from salbench.device import device_name, resolve_device, resolve_dtype
 from salbench.errors import NotApplicable, UsageError
+from salbench.mapcache import code_digest, images_digest, map_key, quantize
 from salbench.methods import METHODS, SaliencyMethod, create_method
 from salbench.metrics import MapContext, ScoreContext, agnosticism, binarize, boxes, metrics_for
 from salbench.results import RunWriter, atomic_write_json, read_run_json, schema
@@ -222,32 +223,33 @@ class Evaluator:
                     self.not_applicable[(name, src)] = str(exc)
 
     def _map_key(self, mname: str, src: str) -> str:
-        from salbench.mapcache import map_key
-
         independent = not self.methods[mname].capabilities.classifier_dependent
         clf = self.classifiers[src]
         return map_key({
             "dataset": self.r.dataset.spec, "image_size": list(self.r.dataset.image_size),
-            "method": self.r.method_configs[mname], "seed": self.spec.seed, "precision": self.spec.map_precision,
+            "method": self.r.method_configs[mname], "code": code_digest(self.methods[mname]), "seed": self.spec.seed,
+            "precision": self.spec.map_precision,
             "source": None if independent else [src, clf.meta.get("weights_sha256"), self.spec.target, self.spec.dtype,
-                                                 self.spec.model_overrides.get(src)],
+                                                 self.spec.model_overrides.get(src), code_digest(clf)],
         })
 
-    def _maps(self, mname: str, src: str, x: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, counts: dict[str, int]) -> torch.Tensor:
-        """Maps of one (method, source) batch, from the map cache when it holds them."""
-        from salbench.mapcache import quantize
-
+    def _maps(self, mname: str, src: str, x: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, counts: dict[str, int],
+              digest: str = "") -> torch.Tensor:
+        """Maps of one (method, source) batch, from the map cache when it holds trusted ones
+        (``digest``: ``images_digest(x)``; stale and corrupt entries are recomputed and counted)."""
         key = self._map_key(mname, src) if self.map_cache is not None else ""
         if self.map_cache is not None:
-            cached = self.map_cache.load(key, index)
+            cached, status = self.map_cache.load(key, index, digest, (len(x), *x.shape[2:]))
             if cached is not None:
                 counts["maps_reused"] = counts.get("maps_reused", 0) + len(x)
                 return cached.to(x.device)
+            if status in ("stale", "corrupt"):
+                counts[f"maps_{status}"] = counts.get(f"maps_{status}", 0) + len(x)
         seeds = image_seeds(self.spec.seed, index, self._salt(mname))
         maps = quantize(self.methods[mname](self.classifiers[src], x, targets, seeds), self.spec.map_precision)
         counts["maps_computed"] = counts.get("maps_computed", 0) + len(x)
         if self.map_cache is not None:
-            self.map_cache.save(key, index, maps, {"method": mname, "source": src, "dataset": self.r.dataset.spec})
+            self.map_cache.save(key, index, maps, {"method": mname, "source": src, "dataset": self.r.dataset.spec}, digest)
         return maps
 
     def _salt(self, method: str) -> int:
@@ -325,6 +327,7 @@ class Evaluator:
         base = dict(run_id=r.run_id, dataset=r.dataset.spec)
         ids = dict(image_index=_np(batch.index).astype(np.int64), image_id=list(batch.ids), label=_np(labels).astype(np.int64))
 
+        digest = images_digest(x) if self.map_cache is not None else ""
         logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
         scores_clean = {name: self._scores(lg, labels) for name, lg in logits_clean.items()}
         # Classifier-independent methods (controls, trained maskers) give the same maps for every
@@ -344,7 +347,7 @@ class Evaluator:
                     result = shared[mname]
                 else:
                     try:
-                        maps = self._maps(mname, src, x, targets, batch.index, counts)
+                        maps = self._maps(mname, src, x, targets, batch.index, counts, digest)
                         ctx = self._localize(maps, batch)
                         result = (ctx, self._agnosticism(x, ctx.binary, labels))
                     except torch.cuda.OutOfMemoryError:
