@@ -81,7 +81,14 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     dataset = build_dataset(spec.dataset)
     # per-dataset defaults (e.g. RISE mask count, occlusion window for the image size), then the spec's
     method_params = {m: {**METHODS.get(m).defaults_for(tuple(dataset.image_size)), **spec.method_params.get(m, {})} for m in methods}
-    method_configs = {m: create_method(m, **method_params[m]).config() for m in methods}
+    # --- wt-faults: method parameters checked against the image size, limit clamping said aloud
+    created = {m: create_method(m, **method_params[m]) for m in methods}
+    for method in created.values():
+        method.check_image_size(tuple(dataset.image_size))
+    method_configs = {m: method.config() for m, method in created.items()}
+    if spec.limit is not None and spec.limit > len(dataset):
+        print(f"salbench: warning: limit={spec.limit} is more than the {len(dataset)} images of {dataset.spec}; evaluating {len(dataset)}", file=sys.stderr)
+    # --- end wt-faults
     models = expand_model_specs(spec.models)
     eval_models = expand_model_specs(spec.eval_models) if spec.eval_models else list(models)
     BINARIZERS.get(spec.binarize)
