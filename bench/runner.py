@@ -489,17 +489,27 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
         writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, **{k: counts[k] - before.get(k, 0) for k in counts}})
         bar.set_postfix(maps=counts["maps"], errors=counts["errors"])
     distributed.barrier(shard)
+    failed = False  # wt-faults
     if shard.is_main:
         totals: dict[str, int] = {}
         for info in progress_info(run_dir):
             for k, v in info.items():
                 if k not in ("unit", "rank"):
                     totals[k] = totals.get(k, 0) + int(v)
-        meta.update(status="complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
+        # --- wt-faults: load errors listed in the dataset section; a run with no map at all failed
+        from salbench.run_outcome import RunFailed, all_failed, load_errors
+
+        failed = all_failed(totals)
+        found = load_errors(run_dir)
+        meta["dataset"] = {**meta["dataset"], "load_errors": found["counts"], "load_error_images": found["images"]}
+        # --- end wt-faults
+        meta.update(status="failed" if failed else "complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
         atomic_write_json(run_dir / "run.json", meta)
-        if report:
+        if report and not failed:
             from salbench.report import write_leaderboard
 
             write_leaderboard([run_dir], run_dir)
     distributed.shutdown(shard)
+    if shard.is_main and failed:  # wt-faults
+        raise RunFailed(f"every row of run {resolved.run_id} is an error ({totals.get('errors', 0)} map errors, {totals.get('load_errors', 0)} load errors, 0 maps); see the error column in {run_dir}")
     return run_dir
