@@ -17,6 +17,7 @@ feature map that CAM-family methods read, found automatically:
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import hashlib
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,8 @@ from salbench.registry import is_pattern, split_list
 POOLED_TOKEN_HEADS = ("avg", "max", "avgmax")
 
 _INTERP = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "area": "area", "lanczos": "bicubic", "random": "bilinear"}
+#: Interpolation names a preprocessing override may give (timm's, mapped to torch modes).
+INTERPOLATIONS = tuple(_INTERP)
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,12 @@ class Preprocess:
         for key in ("mean", "std"):
             if key in d:
                 v = tuple(float(x) for x in d[key])
+                if len(v) == 1:  # one value for all three channels
+                    v = v * 3
                 if len(v) != 3:
-                    raise UsageError(f"preprocessing {key}={list(d[key])}: expected three values (R, G, B)")
+                    raise UsageError(f"preprocessing {key}={list(d[key])}: expected three values (R, G, B) or one")
+                if key == "std" and min(v) <= 0:
+                    raise UsageError(f"preprocessing std={list(d[key])}: expected values > 0")
                 d[key] = v
         if "input_size" in d:
             v = d["input_size"]
@@ -122,6 +129,7 @@ class Classifier(nn.Module):
         self.channels_last = channels_last
         self.feature_layer = feature_layer
         self._features: FeatureSpec | None = None
+        self.scorer: nn.Module | None = None  # BN-folded copy for no-grad forwards (set_scorer)
         self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preprocess.std).view(1, 3, 1, 1), persistent=False)
         if channels_last:
@@ -144,9 +152,23 @@ class Classifier(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def set_scorer(self, scorer: nn.Module) -> None:
+        """A faster model computing the same logits (BN folded into the convs), used by
+        ``forward`` only when no gradient is recorded: scoring passes, where only logits matter.
+        Gradients, hooks and modified backward rules always see ``model``, the function as
+        trained: folding moves activations by float rounding, enough to flip a ReLU at zero or a
+        near-tied max-pool choice and change a gradient map by up to 6.5e-2."""
+        self.scorer = scorer.eval()
+        for p in self.scorer.parameters():
+            p.requires_grad_(False)
+        if self.channels_last:
+            self.scorer.to(memory_format=torch.channels_last)
+        self.scorer.to(self.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        model = self.scorer if self.scorer is not None and not torch.is_grad_enabled() else self.model
         with autocast(self.device, self.amp_dtype):
-            out = self.model(self.normalize(x))
+            out = model(self.normalize(x))
         return out.float()
 
     # ----------------------------------------------------------------- features
@@ -159,9 +181,11 @@ class Classifier(nn.Module):
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the CAM feature map (B x C x h x w float32).
 
-        The feature map is a fresh leaf of the autograd graph that the rest of the network reads,
-        so ``torch.autograd.grad(score, fmap)`` is cheap: the layers below it record no graph
-        (their parameters are frozen and the input needs no gradient).
+        The feature map is a fresh leaf of the autograd graph; the rest of the network reads a
+        copy of it (not the leaf itself, so an in-place activation right after the feature layer,
+        e.g. MobileNetV2's ReLU6 after ``conv_head``, works), and ``torch.autograd.grad(score,
+        fmap)`` is cheap: the layers below it record no graph (their parameters are frozen and
+        the input needs no gradient).
         """
         spec = self.features_spec()
         leaves: list[torch.Tensor] = []
@@ -170,7 +194,7 @@ class Classifier(nn.Module):
             if t.ndim == 4:  # NCHW feature map
                 leaf = t.detach().float().requires_grad_(True)
                 leaves.append(leaf)
-                return leaf.to(t.dtype)
+                return leaf.to(t.dtype, copy=True)
             prefix, grid = spec.prefix_tokens, spec.grid
             leaf = t[:, prefix:].detach().float().transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid).requires_grad_(True)  # type: ignore[misc]
             leaves.append(leaf)
@@ -255,8 +279,24 @@ class Classifier(nn.Module):
         bias = head.bias if head.bias is not None else torch.zeros(head.out_features, device=head.weight.device)
         return head.weight.float(), bias.float()
 
+    def feature_layer_used(self) -> dict[str, Any]:
+        """The tensor CAM-family methods read, for run.json (see the module docstring)."""
+        try:
+            spec = self.features_spec()
+        except NotApplicable as exc:
+            return {"kind": None, "reason": str(exc)}
+        where = {
+            "module": f"output of module {spec.module!r} (model_overrides feature_layer)",
+            "nchw": "output of forward_features, the head's input (after the last activation; pytorch-grad-cam's usual CNN choice is the last stage, e.g. layer4, whose output this is for ResNets)",
+            "nhwc": "output of forward_features (NHWC, permuted to NCHW)",
+            "tokens": "input of the last transformer block, prefix tokens dropped, reshaped to the patch grid",
+            "token_output": "output of forward_features (patch tokens the pooled head reads), reshaped to the patch grid",
+        }[spec.kind]
+        return {"kind": spec.kind, "module": spec.module, "channels": spec.channels, "grid": list(spec.grid) if spec.grid else None, "tensor": where}
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "num_classes": self.num_classes, "preprocess": asdict(self.preprocess), **self.meta}
+        return {"name": self.name, "num_classes": self.num_classes, "preprocess": asdict(self.preprocess),
+                "feature_layer": self.feature_layer_used(), **self.meta}
 
 
 def _token_grid(model: nn.Module, n_tokens: int) -> tuple[int, int] | None:
@@ -277,7 +317,7 @@ class ModelOptions:
     amp_dtype: torch.dtype = torch.float32
     channels_last: bool = False
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fold_bn: bool = True  # fold eval-mode BatchNorm into the preceding conv (same function, ~10% faster)
+    fold_bn: bool = True  # no-grad scoring forwards use a BN-folded copy (same logits up to rounding, ~10% faster)
 
 
 def state_dict_checksum(model: nn.Module) -> str:
@@ -324,28 +364,42 @@ def load_classifier(spec: str, options: ModelOptions | None = None) -> Classifie
         pre = Preprocess.from_timm(model, **overrides)
         num_classes = int(model.num_classes)
     else:
+        from salbench.hub import offline_unless_reachable
+
         _check_timm_name(spec.split(".")[0])
-        try:
-            model = timm.create_model(spec, pretrained=True)
-        except Exception as exc:  # hub unreachable, no cached weights, unknown tag
-            raise UsageError(f"cannot load pretrained timm weights for {spec!r}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        with offline_unless_reachable() as offline:
+            try:
+                model = timm.create_model(spec, pretrained=True)
+            except Exception as exc:  # hub unreachable, no cached weights, unknown tag
+                why = "not in the local Hugging Face cache and the hub is offline or unreachable" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                raise UsageError(f"cannot load pretrained timm weights for {spec!r}: {why}") from None
         pre = Preprocess.from_timm(model, **overrides)
         num_classes = int(model.num_classes)
         meta = {"source": "timm-pretrained", "arch": spec}
     meta["weights_sha256"] = state_dict_checksum(model)
+    scorer = None
     if options.fold_bn:
-        meta["bn_folded"] = fold_batchnorm(model.eval(), torch.rand(2, *pre.input_size, generator=torch.Generator().manual_seed(0)))
+        scorer = copy.deepcopy(model).eval()
+        folded = fold_batchnorm(scorer, torch.rand(2, *pre.input_size, generator=torch.Generator().manual_seed(0)))
+        meta["bn_folded"] = len(folded)
+        meta["bn_folding"] = {"pairs": folded, "used_for": "no-grad scoring forwards only (logits); saliency gradients and hooks use the unfolded model"}
     clf = Classifier(model, spec, pre, num_classes, meta=meta, amp_dtype=options.amp_dtype, channels_last=options.channels_last, feature_layer=feature_layer)
-    return clf.to(options.device)
+    clf = clf.to(options.device)
+    if scorer is not None and meta["bn_folded"]:
+        clf.set_scorer(scorer)
+    if feature_layer:
+        clf.features_spec()  # an unknown module name is a UsageError now, before a run writes anything
+    return clf
 
 
-def fold_batchnorm(model: nn.Module, probe: torch.Tensor, tol: float = 1e-4) -> int:
+def fold_batchnorm(model: nn.Module, probe: torch.Tensor, tol: float = 1e-4) -> list[str]:
     """Fold every eval-mode BatchNorm2d that reads a Conv2d's output into that conv, in place.
 
     Pairs are found on a probe forward pass (outputs kept alive so tensor ids stay unique);
     timm's BatchNormAct2d keeps its dropout/activation. The folded model is checked against the
     original on the probe and put back if a logit moves by more than ``tol`` (relative), e.g.
-    when a conv output also feeds another layer. Returns the number of folded pairs.
+    when a conv output also feeds another layer. Returns the folded pairs as ``"conv+bn"`` module
+    names (empty when nothing was folded).
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -363,6 +417,8 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor, tol: float = 1e-4) -> 
     outs.clear()
     pairs = [(c, b) for c, b in pairs if c is not None and not b.training and b.track_running_stats]
     parent = {id(c): (p, n) for p in model.modules() for n, c in p.named_children()}
+    names = {id(m): n for n, m in model.named_modules()}
+    folded = [f"{names[id(c)]}+{names[id(b)]}" for c, b in pairs]
     replaced = []
     for conv, bn in pairs:
         rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]  # timm BatchNormAct2d
@@ -376,8 +432,8 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor, tol: float = 1e-4) -> 
         if err > tol * max(1.0, ref.abs().max().item()):
             for p, n, orig in reversed(replaced):
                 setattr(p, n, orig)
-            return 0
-    return len(pairs)
+            return []
+    return folded
 
 
 def _check_timm_name(arch: str) -> None:

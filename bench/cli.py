@@ -23,39 +23,82 @@ def main() -> None:
     """salbench: benchmark saliency methods on image classifiers."""
 
 
-@main.command()
+class _RunCommand(click.Command):
+    """``run`` reports a malformed flag (unknown option, missing value) as one line, exit 2."""
+
+    def parse_args(self, ctx, args):
+        from salbench.errors import UsageError
+
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise UsageError(exc.format_message()) from None
+
+
+def _flag_number(text: str | None):
+    """A numeric flag's value as int or float when it is one, else the text itself, so that the
+    run-spec validation reports ``limit='ten'`` as it would from a config file."""
+    if text is None:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _check_out_dir(out: str | None) -> None:
+    """``--out`` must be creatable: no existing ancestor of it may be a file."""
+    from salbench.errors import UsageError
+
+    if out is None:
+        return
+    path = Path(out)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out={out!r}: {str(parent)!r} is a file, not a directory")
+            return
+
+
+@main.command(cls=_RunCommand)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/TOML/JSON run spec; flags override it.")
 @click.option("--dataset", help="Dataset spec: synthetic, synthetic?variant=twin, imagenet:/path/to/val?limit=5000, folder:/path?boxes=b.csv")
 @click.option("--methods", help="Comma-separated method names/wildcards (default: every registered method).")
 @click.option("--exclude-methods", help="Comma-separated methods/wildcards to leave out.")
 @click.option("--models", help="Source classifiers: zoo:*, resnet50.a1_in1k, NAME@weights.pth, wildcards.")
 @click.option("--eval-models", help="Eval classifiers (default: the source classifiers).")
-@click.option("--limit", type=int, help="Evaluate only the first N images (deterministic).")
-@click.option("--batch-size", type=int)
+@click.option("--limit", metavar="N", help="Evaluate only the first N images (deterministic).")
+@click.option("--batch-size", metavar="N")
 @click.option("--binarize", help="mean_area (default), alpha_mean, threshold.")
 @click.option("--inpaint", help="Inpainting backend: telea (default), biharmonic, ...")
-@click.option("--target", type=click.Choice(["label", "predicted"]), help="Explain the ground-truth label (default) or the predicted class.")
-@click.option("--seed", type=int)
+@click.option("--target", metavar="label|predicted", help="Explain the ground-truth label (default) or the predicted class.")
+@click.option("--seed", metavar="N")
 @click.option("--device", help="auto (default), cpu, cuda, cuda:N.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
-@click.option("--workers", type=int, help="Data-loading worker processes.")
+@click.option("--dtype", metavar="float32|bfloat16|float16")
+@click.option("--workers", metavar="N", help="Data-loading worker processes.")
 @click.option("--map-cache", help="Saliency-map cache directory ('auto': $SALBENCH_HOME/maps); later runs reuse stored maps.")
-@click.option("--map-precision", type=click.Choice(["float32", "float16", "uint8"]), help="Precision maps are rounded to and stored at.")
+@click.option("--map-precision", metavar="float32|float16|uint8", help="Precision maps are rounded to and stored at.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: results/<dataset>-<spec hash>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (with --out, or the newest run of the same spec).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def run(config_path, dataset, methods, exclude_methods, models, eval_models, limit, batch_size, binarize, inpaint, target, seed, device, dtype, workers, map_cache, map_precision, out, resume, no_progress):
-    """Run the benchmark (no arguments: the embedded synthetic default with the zoo)."""
+    """Run the benchmark (no arguments: the embedded synthetic default with the zoo).
+
+    Every flag and config key is validated before any work: a bad value exits 2 with one line.
+    A run in which every map failed exits 1 (run.json status: failed).
+    """
     from salbench.config import RunSpec
     from salbench.runner import run as run_spec
 
     spec = RunSpec.from_file(config_path) if config_path else RunSpec()
     spec = spec.replace(
         dataset=dataset, methods=methods, exclude_methods=exclude_methods, models=models, eval_models=eval_models,
-        limit=limit, batch_size=batch_size, binarize=binarize, inpaint=inpaint, target=target, seed=seed,
-        device=device, dtype=dtype, workers=workers, map_cache=map_cache, map_precision=map_precision,
+        limit=_flag_number(limit), batch_size=_flag_number(batch_size), binarize=binarize, inpaint=inpaint, target=target,
+        seed=_flag_number(seed), device=device, dtype=dtype, workers=_flag_number(workers), map_cache=map_cache, map_precision=map_precision,
     )
-    spec.__post_init__()
+    _check_out_dir(out)
     run_dir = run_spec(spec, out, resume=resume, progress=not no_progress)
     click.echo(f"results: {run_dir}")
     board = run_dir / "leaderboard.md"

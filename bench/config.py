@@ -1,4 +1,8 @@
-"""The run spec: everything that decides a run's numbers, loadable from YAML/TOML, hashed to name it."""
+"""The run spec: everything that decides a run's numbers, loadable from YAML/TOML, hashed to name it.
+
+Validation (types, ranges, method and binarization parameters, a safe run name) lives in
+``salbench.spec_schema``; reading files with key line numbers in ``salbench.spec_file``.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from salbench.errors import UsageError, close_matches
-
-TARGETS = ("label", "predicted")
-
 
 @dataclass
 class RunSpec:
@@ -42,64 +43,49 @@ class RunSpec:
     name: str | None = None
 
     def __post_init__(self) -> None:
+        """Split comma-separated lists, then validate every field (``salbench.spec_schema``).
+
+        The dataclass stays the spec's type (its ``asdict`` is hashed to name the run, so a valid
+        spec keeps its run directory name); the pydantic model only checks, it never rewrites a value.
+        """
         for key in ("methods", "exclude_methods", "models", "eval_models"):
             v = getattr(self, key)
             if isinstance(v, str):
                 setattr(self, key, [s.strip() for s in v.split(",") if s.strip()])
-        if self.limit is not None and self.limit < 1:
-            raise UsageError(f"limit={self.limit}: expected a positive number of images")
-        if self.batch_size < 1:
-            raise UsageError(f"batch_size={self.batch_size}: expected a positive integer")
-        if self.target not in TARGETS:
-            raise UsageError(f"target={self.target!r}: expected one of {', '.join(TARGETS)}")
-        from salbench.mapcache import check_precision
+        from salbench.spec_schema import validate_spec
 
-        check_precision(self.map_precision)
-        if not self.models:
-            raise UsageError("models is empty: expected at least one source classifier")
+        validate_spec(dataclasses.asdict(self))
 
     # ------------------------------------------------------------------ I/O
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "RunSpec":
+    def from_dict(cls, d: dict[str, Any], source: str = "config", lines: dict[tuple[str, ...], int] | None = None) -> "RunSpec":
+        """A spec from a mapping; errors name ``source`` and, when ``lines`` has it, the key's line."""
+        from salbench.spec_file import line_of
+        from salbench.spec_schema import SpecError
+
         known = [f.name for f in dataclasses.fields(cls)]
         bad = [k for k in d if k not in known]
         if bad:
-            raise UsageError(f"{source}: unknown key {bad[0]!r}{close_matches(bad[0], known)}; known keys: {', '.join(known)}")
+            where = line_of(lines or {}, (bad[0],))
+            raise UsageError(f"{source}{f' line {where}' if where else ''}: unknown key {bad[0]!r}{close_matches(bad[0], known)}; known keys: {', '.join(known)}")
         try:
             return cls(**d)
-        except TypeError as exc:
-            raise UsageError(f"{source}: {exc}") from None
+        except SpecError as exc:
+            where = line_of(lines or {}, exc.path)
+            raise SpecError(exc.path, f"{source}{f' line {where}' if where else ''}: {exc}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "RunSpec":
+        from salbench.spec_file import read_spec_file
+
         path = Path(path)
-        if not path.is_file():
-            raise UsageError(f"config file {str(path)!r} does not exist")
-        text = path.read_text()
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            elif path.suffix == ".toml":
-                import tomllib
-
-                data = tomllib.loads(text)
-            elif path.suffix == ".json":
-                data = json.loads(text)
-            else:
-                raise UsageError(f"config file {str(path)!r}: expected a .yaml, .yml, .toml or .json file")
-        except UsageError:
-            raise
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"config file {str(path)!r} is malformed: {first}") from None
+        data, lines = read_spec_file(path)
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise UsageError(f"config file {str(path)!r}: expected a mapping of run-spec keys, got {type(data).__name__}")
-        data = {k.replace("-", "_"): v for k, v in data.items()}
-        return cls.from_dict(data, source=f"config file {str(path)!r}")
+        data = {str(k).replace("-", "_"): v for k, v in data.items()}
+        return cls.from_dict(data, source=f"config file {str(path)!r}", lines=lines)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

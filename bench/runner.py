@@ -82,7 +82,14 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     dataset = build_dataset(spec.dataset)
     # per-dataset defaults (e.g. RISE mask count, occlusion window for the image size), then the spec's
     method_params = {m: {**METHODS.get(m).defaults_for(tuple(dataset.image_size)), **spec.method_params.get(m, {})} for m in methods}
-    method_configs = {m: create_method(m, **method_params[m]).config() for m in methods}
+    # --- wt-faults: method parameters checked against the image size, limit clamping said aloud
+    created = {m: create_method(m, **method_params[m]) for m in methods}
+    for method in created.values():
+        method.check_image_size(tuple(dataset.image_size))
+    method_configs = {m: method.config() for m, method in created.items()}
+    if spec.limit is not None and spec.limit > len(dataset):
+        print(f"salbench: warning: limit={spec.limit} is more than the {len(dataset)} images of {dataset.spec}; evaluating {len(dataset)}", file=sys.stderr)
+    # --- end wt-faults
     models = expand_model_specs(spec.models)
     eval_models = expand_model_specs(spec.eval_models) if spec.eval_models else list(models)
     BINARIZERS.get(spec.binarize)
@@ -512,17 +519,27 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
         writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, **{k: counts[k] - before.get(k, 0) for k in counts}})
         bar.set_postfix(maps=counts["maps"], errors=counts["errors"])
     distributed.barrier(shard)
+    failed = False  # wt-faults
     if shard.is_main:
         totals: dict[str, int] = {}
         for info in progress_info(run_dir):
             for k, v in info.items():
                 if k not in ("unit", "rank"):
                     totals[k] = totals.get(k, 0) + int(v)
-        meta.update(status="complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
+        # --- wt-faults: load errors listed in the dataset section; a run with no map at all failed
+        from salbench.run_outcome import RunFailed, all_failed, load_errors
+
+        failed = all_failed(totals)
+        found = load_errors(run_dir)
+        meta["dataset"] = {**meta["dataset"], "load_errors": found["counts"], "load_error_images": found["images"]}
+        # --- end wt-faults
+        meta.update(status="failed" if failed else "complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
         atomic_write_json(run_dir / "run.json", meta)
-        if report:
+        if report and not failed:
             from salbench.report import write_leaderboard
 
             write_leaderboard([run_dir], run_dir)
     distributed.shutdown(shard)
+    if shard.is_main and failed:  # wt-faults
+        raise RunFailed(f"every row of run {resolved.run_id} is an error ({totals.get('errors', 0)} map errors, {totals.get('load_errors', 0)} load errors, 0 maps); see the error column in {run_dir}")
     return run_dir

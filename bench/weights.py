@@ -181,11 +181,21 @@ def slice_logits(logits: torch.Tensor, offset: int, num_classes: int) -> torch.T
 def drop_background_class(classifier: nn.Module) -> nn.Module:
     """Remove logit 0 (background) of a 1001-way classifier in place; returns it.
 
-    Works on a ``salbench.classifiers.Classifier`` (its ``model`` and ``num_classes`` are
-    updated) or a bare timm model: the classifier layer (``Linear`` or 1x1 ``Conv2d``) keeps
-    rows 1.., so logits, gradients and CAM weights all follow the dataset's class order.
+    Works on a ``salbench.classifiers.Classifier`` (its ``model``, its BN-folded ``scorer`` when
+    it has one, and ``num_classes`` are updated) or a bare timm model: the classifier layer
+    (``Linear`` or 1x1 ``Conv2d``) keeps rows 1.., so logits, gradients and CAM weights all follow
+    the dataset's class order.
     """
     model = getattr(classifier, "model", classifier)
+    for m in (model, getattr(classifier, "scorer", None)):
+        if m is not None:
+            _drop_first_head_row(m)
+    if model is not classifier and hasattr(classifier, "num_classes"):
+        classifier.num_classes = int(classifier.num_classes) - 1
+    return classifier
+
+
+def _drop_first_head_row(model: nn.Module) -> None:
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if isinstance(head, (list, tuple)):
         heads = list(head)
@@ -214,9 +224,6 @@ def drop_background_class(classifier: nn.Module) -> nn.Module:
         _set_submodule(model, names[id(h)], new)
     if hasattr(model, "num_classes"):
         model.num_classes = int(model.num_classes) - 1
-    if model is not classifier and hasattr(classifier, "num_classes"):
-        classifier.num_classes = int(classifier.num_classes) - 1
-    return classifier
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:

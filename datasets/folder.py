@@ -7,7 +7,8 @@ and ``salbench.datasets.imagenet.ImageNetVal``). It fixes four things.
 to ``size``, 224), the longer side to ``int(resize * long / short)`` (torchvision's
 ``Resize(int)`` rounding), then centre-crop ``size`` x ``size`` with the offsets
 ``round((new - size) / 2)`` (torchvision's ``CenterCrop``). Images are decoded with PIL,
-``.convert("RGB")`` (grayscale, CMYK, palette and RGBA files become RGB; EXIF orientation is
+``.convert("RGB")`` (grayscale, CMYK, palette and RGBA files become RGB; 16-bit and 32-bit
+pixels are first scaled by their range into [0, 1], see ``salbench.datasets.highbit``; EXIF orientation is
 ignored, as the annotations refer to the stored pixel grid) and resized with PIL's antialiased
 ``bilinear`` (or ``bicubic``) filter. The sample is float32 3 x size x size in [0, 1].
 
@@ -98,6 +99,7 @@ import numpy as np
 import torch
 
 from salbench.datasets.base import Sample, SaliencyDataset
+from salbench.datasets.highbit import unit_range_plane
 from salbench.errors import UsageError, close_matches
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
@@ -433,12 +435,16 @@ class BoxImageDataset(SaliencyDataset):
 
         with Image.open(path) as im:
             mode = str(im.mode)
-            rgb = im.convert("RGB")  # forces the decode: a truncated file raises here
+            plane = unit_range_plane(im)  # 16/32-bit pixels scaled by their range (salbench.datasets.highbit)
+            rgb = im.convert("RGB") if plane is None else plane  # forces the decode: a truncated file raises here
         file_size = (int(rgb.size[0]), int(rgb.size[1]))
         new_w, new_h, left, top = self.geometry.plan(*file_size)
         resample = Image.Resampling.BICUBIC if self.options.interpolation == "bicubic" else Image.Resampling.BILINEAR
         s = self.options.size
         rgb = rgb.resize((new_w, new_h), resample=resample).crop((left, top, left + s, top + s))
+        if plane is not None:
+            grey = torch.from_numpy(np.asarray(rgb, dtype=np.float32).clip(0.0, 1.0).copy())
+            return grey.expand(3, -1, -1).contiguous(), file_size, mode
         arr = np.asarray(rgb, dtype=np.uint8)
         img = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
         return img, file_size, mode

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from salbench.errors import UsageError
 from salbench.methods.base import Capabilities, SaliencyMethod, register_method, target_scores
 
 
@@ -91,6 +92,12 @@ class Occlusion(SaliencyMethod):
             return {"window": 24, "stride": 8, "score": "logit"}
         window = max(8, round(side / 7))
         return {"window": window, "stride": max(1, window // 2)}
+
+    def check_image_size(self, image_size):
+        """A window larger than the image (or one position covering all of it) gives a flat map."""
+        h, w = image_size
+        if self.params.window > min(h, w) or self.positions((h, w)) == 1:
+            raise UsageError(f"method 'occlusion': window={self.params.window} does not fit the {h}x{w} images; expected a window smaller than {min(h, w)} px")
 
     def positions(self, image_size: tuple[int, int]) -> int:
         h, w = image_size

@@ -43,3 +43,100 @@ def test_hash_ignores_execution_only_fields():
     b = dict(a, device="cuda", workers=4)
     c = dict(a, methods=["gradient"])
     assert spec_hash(a) == spec_hash(b) != spec_hash(c)
+
+
+# ---------------------------------------------------------------- hashes of valid specs are pinned
+# Computed from the code before the spec gained its pydantic validation (commit b494973): a valid
+# spec must keep its hash, and with it the name of its run directory.
+DEFAULT_DICT = {
+    "dataset": "synthetic", "methods": ["*"], "exclude_methods": [], "models": ["zoo:*"], "eval_models": None, "limit": None,
+    "binarize": "mean_area", "binarize_params": {}, "box": "largest", "inpaint": "telea", "target": "label", "seed": 0,
+    "batch_size": 64, "device": "auto", "dtype": "float32", "channels_last": False, "workers": 0, "map_cache": None,
+    "map_precision": "float32", "method_params": {}, "model_overrides": {}, "name": None,
+}
+CUSTOM = dict(dataset="synthetic?n=16&size=32", methods="gradcam,occlusion", models=["zoo:resnet"], eval_models=["zoo:resnet", "zoo:vit"],
+              limit=10, binarize="alpha_mean", binarize_params={"alpha": 1.5}, seed=3, batch_size=8, channels_last=True,
+              method_params={"occlusion": {"window": 16, "stride": 4}}, model_overrides={"zoo:resnet": {"input_size": 48, "std": [0.5, 0.5, 0.5]}},
+              name="mine")
+
+
+def test_default_spec_dict_and_hashes_are_unchanged():
+    import subprocess
+    import sys
+
+    assert RunSpec().to_dict() == DEFAULT_DICT
+    assert list(RunSpec().to_dict()) == list(DEFAULT_DICT)  # field order too
+    assert spec_hash(RunSpec().to_dict()) == "fbf9d9e768b68e4d0398da0225678af8c90d8245b50867db3fb3adb47c3d4380"
+    assert spec_hash(RunSpec(**CUSTOM).to_dict()) == "0b210c351333c33d46b697d408541a83b21e5ed76bc952dc2482171c36378f6d"
+    # the resolved default (wildcards expanded, per-dataset method parameters filled in) names the
+    # default run; resolved in a fresh interpreter, as other tests register extra zoo recipes
+    code = "from salbench.config import RunSpec; from salbench.runner import resolve; print(resolve(RunSpec()).hash)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-1] == "8b04f28dbe1ea8852641ff191f03741fdd32e9bc774fdec65e06a30c59fcdc5c"
+
+
+def test_python_api_accepts_sequences_and_keeps_values_as_given():
+    s = RunSpec(methods=("gradcam",), models=("zoo:resnet",), method_params={"rise": {"p": 1}})
+    assert s.methods == ("gradcam",) and s.method_params == {"rise": {"p": 1}}  # validated, never rewritten
+    assert RunSpec(model_overrides={"m": {"std": [0.5], "input_size": [3, 48, 48]}}).model_overrides["m"]["std"] == [0.5]
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(limit=True), "limit=True"),
+    (dict(batch_size=2.5), "batch_size=2.5"),
+    (dict(channels_last="no"), "channels_last='no'"),
+    (dict(methods=[]), "methods=[]"),
+    (dict(seed="abc"), "seed='abc'"),
+    (dict(name="../x"), "name='../x'"),
+    (dict(name="/abs"), "name='/abs'"),
+    (dict(name="a\\b"), "name='a\\\\b'"),
+    (dict(method_params={"rise": {"n_masks": 2.5}}), "n_masks=2.5"),
+])
+def test_constructor_refuses_bad_values(kwargs, needle):
+    with pytest.raises(UsageError) as err:
+        RunSpec(**kwargs)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UsageError):
+        RunSpec().replace(**kwargs)
+
+
+def test_create_method_refuses_unknown_keys_and_wrong_types():
+    from salbench.methods import create_method
+
+    with pytest.raises(UsageError, match=r"method 'rise' has no parameter 'nmasks' \(given 4\).*n_masks"):
+        create_method("rise", nmasks=4)
+    for key, value in (("n_masks", 2.5), ("n_masks", True), ("p", "half"), ("estimator", 3)):
+        with pytest.raises(UsageError, match=rf"method 'rise': {key}={value!r}"):
+            create_method("rise", **{key: value})
+    with pytest.raises(UsageError, match="method 'occlusion': window=0"):
+        create_method("occlusion", window=0)
+    assert create_method("rise", p=1).params.p == 1  # an int is a number
+    assert create_method("casm", train_classes="8,5,2").params.train_classes == (2, 5, 8)  # structured types keep their own parsing
+
+
+def test_occlusion_window_is_checked_against_the_image_size():
+    from salbench.methods import create_method
+
+    create_method("occlusion", window=24, stride=8).check_image_size((64, 64))
+    with pytest.raises(UsageError, match=r"method 'occlusion': window=1000 .*64x64"):
+        create_method("occlusion", window=1000).check_image_size((64, 64))
+    with pytest.raises(UsageError, match="window=64"):  # one position covering the image: a flat map
+        create_method("occlusion", window=64).check_image_size((64, 64))
+
+
+def test_limit_above_the_dataset_size_is_said_and_recorded(capsys):
+    from salbench.runner import resolve
+
+    r = resolve(RunSpec(dataset="synthetic?n=8&size=32", methods=["centre"], models=["zoo:resnet"], limit=100))
+    assert r.config["num_images"] == 8
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "limit=100" in err[0] and "8 images" in err[0]
+    resolve(RunSpec(dataset="synthetic?n=8&size=32", methods=["centre"], models=["zoo:resnet"], limit=8))
+    assert capsys.readouterr().err == ""
+
+
+def test_yaml_errors_name_the_line(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text("methods: [gradcam]\n\nbatch-size: 2.5\n")
+    with pytest.raises(UsageError, match=r"'.*run.yaml' line 3: batch_size=2.5"):
+        RunSpec.from_file(p)

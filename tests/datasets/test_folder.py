@@ -197,3 +197,48 @@ def test_pixels_match_torchvision_resize_and_center_crop(tmp_path):
         assert torch.equal(s.image, ref)
         # The whole-image box maps to the resized image shifted by the crop offset, clipped.
         close(s.boxes, [[max(0, -left), max(0, -top), min(224, new_w - left), min(224, new_h - top)]])
+
+
+@pytest.mark.parametrize("writer", ["opencv", "pil"])
+def test_16_bit_png_is_scaled_by_its_range_not_clipped(tmp_path, writer):
+    """A 16-bit grayscale PNG decodes to the pixels of its 8-bit version (within 1/255)."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:60, 0:80]
+    g8 = np.clip(40 + 2 * x + y + rng.integers(0, 20, (60, 80)), 0, 255).astype(np.uint8)
+    g16 = g8.astype(np.uint16) * 257  # the same intensities at 16 bits (255 * 257 = 65535)
+    (tmp_path / "d16").mkdir()
+    (tmp_path / "d8").mkdir()
+    if writer == "opencv":
+        cv2.imwrite(str(tmp_path / "d16" / "im.png"), g16)
+    else:
+        Image.fromarray(g16).save(tmp_path / "d16" / "im.png")
+    Image.fromarray(g8).save(tmp_path / "d8" / "im.png")
+    for d in ("d16", "d8"):
+        (tmp_path / d / "boxes.csv").write_text("image,label,x0,y0,x1,y1\nim.png,a,4,4,40,40\n")
+    opts = CommonOptions(size=48)
+    hi = ImageFolderBoxes(tmp_path / "d16", options=opts)
+    lo = ImageFolderBoxes(tmp_path / "d8", options=opts)
+    assert hi.converted == {"I;16": 1} and hi[0].meta["converted"] == "I;16"
+    a, b = hi[0].image, lo[0].image
+    assert a.shape == b.shape == (3, 48, 48) and a.dtype == torch.float32
+    assert (a - b).abs().max().item() <= 1 / 255 + 1e-6
+    assert a.mean().item() < 0.9  # not clipped to white
+
+
+@pytest.mark.parametrize("mode,values,expected", [
+    ("I", [0, 32768, 65535], [0.0, 32768 / 65535, 1.0]),
+    ("I", [-5, 0, 2**31 - 1], [0.0, 0.0, 1.0]),
+    ("F", [0.0, 0.25, 1.0], [0.0, 0.25, 1.0]),
+    ("F", [0.0, 51.0, 255.0], [0.0, 0.2, 1.0]),
+    ("F", [0.0, 655.35, 65535.0], [0.0, 0.01, 1.0]),
+])
+def test_32_bit_modes_scaled_by_their_range(mode, values, expected):
+    from salbench.datasets.highbit import unit_range_plane
+
+    arr = np.array([values], dtype=np.int32 if mode == "I" else np.float32)
+    plane = unit_range_plane(Image.fromarray(arr, mode=mode))
+    assert plane.mode == "F"
+    np.testing.assert_allclose(np.asarray(plane)[0], expected, atol=1e-6)
+    assert unit_range_plane(Image.new("RGB", (2, 2))) is None and unit_range_plane(Image.new("L", (2, 2))) is None

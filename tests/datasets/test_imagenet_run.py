@@ -41,5 +41,7 @@ def test_imagenet_run_with_local_weights_end_to_end(imagenet_dir, tmp_path, monk
     good = loc[loc["error"].isna()]
     assert len(good) == 2 * (meta["dataset"]["num_images"] - 1)
     assert meta["counts"]["load_errors"] == 1
+    assert meta["dataset"]["load_errors"] == {"corrupt_image": 1}  # the dataset section agrees with the counts
+    assert [e["image_id"] for e in meta["dataset"]["load_error_images"]] == ["ILSVRC2012_val_00000006"]
     board = (out / "leaderboard.md").read_text()
     assert "gradcam" in board and spec in board

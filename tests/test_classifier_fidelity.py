@@ -1,0 +1,129 @@
+"""Maps are computed on the classifier as trained: BN folding only in no-grad scoring forwards,
+and any module can be the CAM feature layer (in-place activations after it included)."""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from salbench.classifiers import ModelOptions, load_classifier
+from salbench.methods import create_method
+from salbench.methods.cam import gradcam_maps
+
+
+def _bn_resnet(tmp_path):
+    """A random-weight timm ResNet (max-pool, ReLUs) with non-trivial eval BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=10).eval()
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.1)
+            m.weight.data.copy_(torch.randn(n, generator=gen))
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.3)
+    path = tmp_path / "bn.pth"
+    torch.save(model.state_dict(), path)
+    spec = f"test_resnet@{path}"
+    return spec, {spec: {"input_size": 64, "mean": [0.5], "std": [0.25]}}
+
+
+def test_gradient_maps_use_the_unfolded_model(tmp_path, one_thread):
+    spec, overrides = _bn_resnet(tmp_path)
+    folded = load_classifier(spec, ModelOptions(overrides=overrides))
+    plain = load_classifier(spec, ModelOptions(overrides=overrides, fold_bn=False))
+    assert folded.meta["bn_folded"] > 0 and folded.scorer is not None and plain.scorer is None
+    assert folded.describe()["bn_folding"]["pairs"] == folded.meta["bn_folding"]["pairs"]
+    assert all("+" in p for p in folded.meta["bn_folding"]["pairs"])
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0, 3, 5, 9])
+    for name in ("gradient", "deconvnet", "guided_backprop"):
+        method = create_method(name)
+        diff = (method(folded, x, t) - method(plain, x, t)).abs().max().item()
+        assert diff <= 1e-6, (name, diff)
+    # scoring forwards (no gradient recorded) use the folded copy: same logits up to rounding
+    with torch.no_grad():
+        a, b = folded(x), plain(x)
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.scorer.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in folded.model.modules())  # the saliency model keeps its BN
+
+
+def test_background_class_dropped_from_the_folded_copy_too(tmp_path):
+    from salbench.weights import drop_background_class
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=11)
+    path = tmp_path / "w.pth"
+    torch.save(model.state_dict(), path)
+    clf = load_classifier(f"test_resnet@{path}", ModelOptions(overrides={f"test_resnet@{path}": {"input_size": 32}}))
+    drop_background_class(clf)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        scored = clf(x)
+    with torch.enable_grad():
+        graded = clf(x).detach()
+    assert scored.shape == graded.shape == (2, 10) and torch.allclose(scored, graded, atol=1e-4)
+
+
+def _reference_gradcam(model: nn.Module, layer: str, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM as pytorch-grad-cam computes it: a forward hook keeps the layer's output, a tensor
+    hook its gradient (the input requires grad, so the output is a graph node, not a leaf). The
+    network goes on with a copy, so an in-place op after the layer cannot alter the kept output."""
+    acts, grads = [], []
+
+    def hook(_m, _a, out):
+        acts.append(out)
+        out.register_hook(grads.append)
+        return out.clone()
+
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        logits = model(x.requires_grad_(True))
+        logits.gather(1, targets[:, None]).sum().backward()
+    finally:
+        handle.remove()
+    a, g = acts[0].detach(), grads[0]
+    return (g.mean(dim=(2, 3), keepdim=True) * a).sum(1)
+
+
+def test_feature_layer_followed_by_an_inplace_activation(one_thread):
+    """mobilenetv2's conv_head feeds BatchNormAct2d; with its BN folded away, the ReLU6 runs in
+    place on the hooked output itself. Grad-CAM must work and match the hand computation."""
+    spec = "random:mobilenetv2_100"
+    torch.manual_seed(0)
+    clf = load_classifier(spec, ModelOptions(overrides={spec: {"input_size": 64, "feature_layer": "conv_head"}}))
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([1, 7])
+    maps = create_method("gradcam")(clf, x, t)
+    assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all() and maps.amax() > 0
+    ours = gradcam_maps(clf, x, t).detach()
+    ref = _reference_gradcam(clf.model, "conv_head", clf.normalize(x).detach(), t)
+    assert ours.shape == ref.shape == (2, 2, 2)
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-4)
+    used = clf.describe()["feature_layer"]
+    assert used["kind"] == "module" and used["module"] == "conv_head" and "conv_head" in used["tensor"]
+
+
+def test_inplace_op_on_the_hooked_output_in_the_unfolded_model(one_thread):
+    """timm's BasicBlock adds the shortcut in place onto bn2's output (``x += shortcut``)."""
+    from testutils import make_classifier
+
+    clf = make_classifier("test_resnet", size=32)
+    clf.feature_layer = "layer1.0.bn2"
+    with torch.no_grad():  # timm zero-initialises the last BN of a block: give it a non-zero output
+        clf.model.layer1[0].bn2.weight.copy_(torch.linspace(-1, 1, clf.model.layer1[0].bn2.num_features))
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([2, 4])
+    ours = gradcam_maps(clf, x, t).detach()
+    ref = _reference_gradcam(clf.model, "layer1.0.bn2", clf.normalize(x).detach(), t)
+    assert ours.abs().amax() > 0 and torch.allclose(ours, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_default_feature_layer_is_recorded(one_thread):
+    from testutils import make_classifier
+
+    used = make_classifier("test_resnet", size=32).describe()["feature_layer"]
+    assert used["kind"] == "nchw" and used["module"] is None and "forward_features" in used["tensor"]
