@@ -98,6 +98,7 @@ import numpy as np
 import torch
 
 from salbench.datasets.base import Sample, SaliencyDataset
+from salbench.datasets.imagenet_classes import imagenet_synsets
 from salbench.errors import UsageError, close_matches
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
@@ -490,8 +491,6 @@ def load_class_list(value: str, where: str = "folder") -> list[str]:
     """``classes=`` value -> names: ``imagenet``, inline ``a,b,c``, or a .txt / .json file."""
     value = value.strip()
     if value == "imagenet":
-        from salbench.datasets.imagenet import imagenet_synsets
-
         return list(imagenet_synsets())
     if "," in value:
         names = [v.strip() for v in value.split(",") if v.strip()]
