@@ -1,12 +1,19 @@
 """The evaluator: a plain function over (dataset x methods x source classifiers x eval classifiers).
 
-For each batch of images (pixel space, on the device):
+``prepare`` first loads the classifiers and creates the methods: the one, logged, step that may
+train (zoo classifiers not yet cached, maskers of methods that need training). The ``Evaluator``
+is built from what it returns and only evaluates. For each batch of images (pixel space, on the device):
 
 * every eval classifier scores the original images once;
 * for each (source classifier, method) pair: maps -> localisation rows (binarise, box, LE/OM,
   continuous F1, mask statistics) -> masked-in / masked-out / inpainted images -> every eval
   classifier scores them -> agnosticism rows;
+* for the few example images of the run (``salbench.examples``), the image and every pair's map,
+  binary mask and inpainted image, for the report's qualitative figure;
 * the batch's rows are written as one atomic part file per table, then its completion marker.
+
+The report (leaderboard, paper tables, figures) is not written here: it reads these files
+(``salbench.report``; ``salbench run`` calls it once the run has returned).
 
 Everything stays on the device and batched; the only per-image work is inpainting backends
 that are per-image CPU algorithms (OpenCV Telea), which run in a thread pool.
@@ -26,19 +33,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pyarrow as pa
+import skimage
+import timm
 import torch
+from tqdm.auto import tqdm
 
-from salbench import __version__
+from salbench import __version__, distributed, examples, zoo
 from salbench.classifiers import Classifier, ModelOptions, expand_model_specs, load_classifier
 from salbench.config import RunSpec, spec_hash
 from salbench.datasets import SaliencyDataset, build_dataset, collate
 from salbench.device import device_name, resolve_device, resolve_dtype
 from salbench.errors import NotApplicable, UsageError
+from salbench.mapcache import MapCache, map_key, quantize
 from salbench.methods import METHODS, SaliencyMethod, create_method
 from salbench.metrics import agnosticism, binarize, boxes, localization, statistics
-from salbench.results import RunWriter, atomic_write_json, read_run_json
+from salbench.metrics.binarize import BINARIZERS
+from salbench.metrics.boxes import BOX_RULES
+from salbench.metrics.inpainting import INPAINTERS
+from salbench.results import SCHEMAS, RunWriter, atomic_write_json, progress_info, read_run_json
 from salbench.rng import image_seeds
 from salbench.weights import check_class_count, drop_background_class
 
@@ -66,10 +81,6 @@ class ResolvedRun:
 
 def resolve(spec: RunSpec) -> ResolvedRun:
     """Expand wildcards, build the dataset and method objects, check every name (raises UsageError)."""
-    from salbench.metrics.binarize import BINARIZERS
-    from salbench.metrics.boxes import BOX_RULES
-    from salbench.metrics.inpainting import INPAINTERS
-
     methods = METHODS.select(spec.methods, exclude=spec.exclude_methods)
     if list(spec.methods) == ["*"]:  # "every method": registered methods, not every cached checkpoint
         methods = [m for m in methods if METHODS.get(m).default_selected]
@@ -119,10 +130,6 @@ def latest_run_dir(resolved: ResolvedRun, root: Path = DEFAULT_RESULTS) -> Path 
 
 
 def versions() -> dict[str, str]:
-    import cv2
-    import skimage
-    import timm
-
     return {
         "salbench": __version__,
         "python": platform.python_version(),
@@ -180,30 +187,78 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-class Evaluator:
-    """Holds the loaded classifiers and methods of a run; ``evaluate_batch`` makes its rows."""
+def _log(message: str) -> None:
+    print(f"salbench: {message}", file=sys.stderr, flush=True)
 
-    def __init__(self, resolved: ResolvedRun, device: torch.device, progress: bool = True):
+
+def load_classifiers(resolved: ResolvedRun, device: torch.device, progress: bool = True) -> dict[str, Classifier]:
+    """Every source and eval classifier of a run, on ``device``; zoo classifiers not yet in the
+    cache are trained first (with their progress bars), each announced with a log line."""
+    spec = resolved.spec
+    options = ModelOptions(device=device, amp_dtype=resolve_dtype(spec.dtype), channels_last=spec.channels_last, overrides=spec.model_overrides)
+    classifiers: dict[str, Classifier] = {}
+    for name in dict.fromkeys(resolved.models + resolved.eval_models):
+        if name.startswith("zoo:") and not zoo.is_built(name[4:]):
+            roles = [role for role, names in (("source", resolved.models), ("eval", resolved.eval_models)) if name in names]
+            _log(f"building {name}: not in the zoo cache ({zoo.zoo_dir(name[4:])}); the run uses it as {' and '.join(roles)} classifier")
+            zoo.build([name[4:]], progress=progress)
+        clf = load_classifier(name, options)
+        if check_class_count(clf.num_classes, resolved.dataset.num_classes, name):
+            drop_background_class(clf)  # 1001-way checkpoint with background at index 0
+        classifiers[name] = clf
+    return classifiers
+
+
+def create_methods(resolved: ResolvedRun, device: torch.device, progress: bool = True) -> dict[str, SaliencyMethod]:
+    """The run's methods with their parameters and the run seed; methods that need training
+    train (or load) what they need now, each announced with a log line."""
+    methods: dict[str, SaliencyMethod] = {}
+    for name in resolved.methods:
+        method = create_method(name, **resolved.method_params.get(name, {}))
+        method.seed = resolved.spec.seed
+        if method.capabilities.needs_training:
+            _log(f"preparing {name}: it needs a trained model (trained now unless cached)")
+            method.prepare(device, progress)
+        methods[name] = method
+    return methods
+
+
+def prepare(resolved: ResolvedRun, device: torch.device, progress: bool = True) -> tuple[dict[str, Classifier], dict[str, SaliencyMethod]]:
+    """Everything a run needs before its first batch: the classifiers and the prepared methods.
+
+    The one step of a run that may train (missing zoo classifiers, untrained maskers); the
+    ``Evaluator`` built from its result only evaluates.
+    """
+    return load_classifiers(resolved, device, progress), create_methods(resolved, device, progress)
+
+
+def open_map_cache(spec: RunSpec) -> MapCache | None:
+    """The saliency-map cache a spec asks for (``map_cache``: a folder, or "auto"), or None."""
+    if not spec.map_cache:
+        return None
+    root = zoo.zoo_home().parent / "maps" if spec.map_cache == "auto" else Path(spec.map_cache)
+    return MapCache(root, spec.map_precision)
+
+
+class Evaluator:
+    """Evaluates batches of a run with classifiers and methods it is given (it loads and trains
+    nothing); ``evaluate_batch`` makes a batch's rows.
+
+    ``not_applicable`` holds the (method, source classifier) pairs a method refuses, with why.
+    """
+
+    def __init__(self, resolved: ResolvedRun, classifiers: dict[str, Classifier], methods: dict[str, SaliencyMethod],
+                 device: torch.device, map_cache: MapCache | None = None):
+        missing = [n for n in dict.fromkeys(resolved.models + resolved.eval_models) if n not in classifiers]
+        if missing or set(methods) != set(resolved.methods):
+            raise ValueError(f"Evaluator: classifiers missing {missing}, methods {sorted(methods)} for run methods {sorted(resolved.methods)}")
         self.r = resolved
         self.spec = resolved.spec
         self.device = device
-        options = ModelOptions(device=device, amp_dtype=resolve_dtype(self.spec.dtype), channels_last=self.spec.channels_last, overrides=self.spec.model_overrides)
-        self.classifiers: dict[str, Classifier] = {}
-        for name in dict.fromkeys(resolved.models + resolved.eval_models):
-            clf = load_classifier(name, options)
-            if check_class_count(clf.num_classes, resolved.dataset.num_classes, name):
-                drop_background_class(clf)  # 1001-way checkpoint with background at index 0
-            self.classifiers[name] = clf
-        self.methods: dict[str, SaliencyMethod] = {m: create_method(m, **resolved.method_params.get(m, {})) for m in resolved.methods}
-        for i, m in enumerate(self.methods.values()):
-            m.seed = self.spec.seed
-        self.map_cache = None
-        if self.spec.map_cache:
-            from salbench.mapcache import MapCache
-            from salbench.zoo import zoo_home
-
-            root = zoo_home().parent / "maps" if self.spec.map_cache == "auto" else Path(self.spec.map_cache)
-            self.map_cache = MapCache(root, self.spec.map_precision)
+        self.classifiers = classifiers
+        self.methods = methods
+        self.map_cache = map_cache
+        self.example_indices = set(examples.choose(resolved.config.get("num_images", 0), self.spec.seed))
         self.not_applicable: dict[tuple[str, str], str] = {}
         for src in resolved.models:
             for name, method in self.methods.items():
@@ -213,8 +268,6 @@ class Evaluator:
                     self.not_applicable[(name, src)] = str(exc)
 
     def _map_key(self, mname: str, src: str) -> str:
-        from salbench.mapcache import map_key
-
         independent = not self.methods[mname].capabilities.classifier_dependent
         clf = self.classifiers[src]
         return map_key({
@@ -226,8 +279,6 @@ class Evaluator:
 
     def _maps(self, mname: str, src: str, x: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, counts: dict[str, int]) -> torch.Tensor:
         """Maps of one (method, source) batch, from the map cache when it holds them."""
-        from salbench.mapcache import quantize
-
         key = self._map_key(mname, src) if self.map_cache is not None else ""
         if self.map_cache is not None:
             cached = self.map_cache.load(key, index)
@@ -281,10 +332,9 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate_batch(self, batch) -> tuple[dict[str, pa.Table], dict[str, int]]:
-        from salbench.results import AGNOSTICISM_SCHEMA, LOCALIZATION_SCHEMA
-
         spec, r = self.spec, self.r
         loc, agn = _Rows(), _Rows()
+        rows = {"localization": loc, "agnosticism": agn, "example_images": _Rows(), "example_maps": _Rows()}
         counts = {"maps": 0, "errors": 0, "load_errors": 0}
         if batch.errors is not None:  # images that failed to load: one error row each, then the rest
             bad = [i for i, e in enumerate(batch.errors) if e]
@@ -296,12 +346,17 @@ class Evaluator:
                                 label=[int(batch.labels[i])], method=mname, source_model=src, binarize=spec.binarize, error=batch.errors[i])
             keep = [i for i, e in enumerate(batch.errors) if not e]
             if not keep:
-                return {"localization": loc.table(LOCALIZATION_SCHEMA), "agnosticism": agn.table(AGNOSTICISM_SCHEMA)}, counts
+                return {k: v.table(SCHEMAS[k]) for k, v in rows.items()}, counts
             batch = batch.select(keep)
         batch = batch.to(self.device)
         x, labels = batch.images, batch.labels
         base = dict(run_id=r.run_id, dataset=r.dataset.spec)
         ids = dict(image_index=_np(batch.index).astype(np.int64), image_id=list(batch.ids), label=_np(labels).astype(np.int64))
+        picked = [i for i, k in enumerate(batch.index.tolist()) if k in self.example_indices]  # stored for the report's figure
+        if picked:
+            boxes_ok = [[bx for bx, ok in zip(batch.boxes[i].tolist(), batch.box_valid[i].tolist()) if ok] for i in picked]
+            rows["example_images"].add(**examples.image_columns(ids["image_index"][picked], [batch.ids[i] for i in picked], ids["label"][picked],
+                                                                _np(x[picked]), boxes_ok, getattr(r.dataset, "class_names", None)))
 
         logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
         scores_clean = {name: {k: _np(v) for k, v in agnosticism.classification_scores(lg, labels).items()} for name, lg in logits_clean.items()}
@@ -324,7 +379,11 @@ class Evaluator:
                     try:
                         maps = self._maps(mname, src, x, targets, batch.index, counts)
                         result = self._localize(maps, batch)
-                        result["agnosticism"] = self._agnosticism(x, result.pop("binary"), labels)
+                        binary = result.pop("binary")
+                        result["agnosticism"] = self._agnosticism(x, binary, labels)
+                        if picked:  # the inpainting is redone on these images alone: per-image backends give the same pixels
+                            inpainted = agnosticism.compose(x[picked], binary[picked], "inpainted", inpaint=spec.inpaint)
+                            result["examples"] = examples.map_columns(_np(maps[picked]), _np(binary[picked]), _np(inpainted))
                     except torch.cuda.OutOfMemoryError:
                         raise  # handled by evaluate_with_retry: split the batch
                     except Exception as exc:  # one method failing on one batch is an error row, not a crash
@@ -337,6 +396,9 @@ class Evaluator:
                     counts["errors"] += len(x)
                     loc.add(**row_base, binarize=spec.binarize, error=_one_line(result), source_correct=_np(source_correct).astype(bool))
                     continue
+                stored = result.pop("examples", None)  # a shared result's examples are stored once, for every source
+                if stored is not None:
+                    rows["example_maps"].add(image_index=ids["image_index"][picked], method=mname, source_model=None if independent else src, **stored)
                 om = localization.official_metric(result["le_t"], source_correct)
                 loc.add(**row_base, binarize=spec.binarize, om=_np(om), target=_np(targets).astype(np.int64),
                         source_correct=_np(source_correct).astype(bool), error=None,
@@ -351,7 +413,7 @@ class Evaluator:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=_one_line(scores))
                         else:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=None, **scores)
-        return {"localization": loc.table(LOCALIZATION_SCHEMA), "agnosticism": agn.table(AGNOSTICISM_SCHEMA)}, counts
+        return {k: v.table(SCHEMAS[k]) for k, v in rows.items()}, counts
 
 
 def batches(n: int, batch_size: int) -> list[list[int]]:
@@ -361,6 +423,8 @@ def batches(n: int, batch_size: int) -> list[list[int]]:
 SORT_KEYS = {
     "localization": ["source_model", "method", "image_index"],
     "agnosticism": ["source_model", "method", "eval_model", "variant", "image_index"],
+    "example_images": ["image_index"],
+    "example_maps": ["source_model", "method", "image_index"],
 }
 
 
@@ -408,16 +472,12 @@ def _choose_run_dir(resolved: ResolvedRun, out: str | Path | None, resume: bool,
 
 
 def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, progress: bool = True,
-        results_root: str | Path = DEFAULT_RESULTS, report: bool = True) -> Path:
+        results_root: str | Path = DEFAULT_RESULTS) -> Path:
     """Run a benchmark spec and return its run directory. Raises UsageError before writing anything.
 
-    Under torchrun, each rank evaluates its share of the batches (see ``salbench.distributed``).
+    Writes the tables and run.json (the report is ``salbench.report.write_report``'s job). Under
+    torchrun, each rank evaluates its share of the batches (see ``salbench.distributed``).
     """
-    from tqdm.auto import tqdm
-
-    from salbench import distributed
-    from salbench.results import progress_info
-
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
     resolved = resolve(spec)
@@ -441,7 +501,8 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
     if device.type == "cpu" and shard.world_size == 1:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-    evaluator = Evaluator(resolved, device, progress=progress)
+    classifiers, methods = prepare(resolved, device, progress)
+    evaluator = Evaluator(resolved, classifiers, methods, device, open_map_cache(spec))
     writer = RunWriter(run_dir)
     n = resolved.config["num_images"]
     all_batches = batches(n, spec.batch_size)
@@ -490,9 +551,5 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
                     totals[k] = totals.get(k, 0) + int(v)
         meta.update(status="complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
         atomic_write_json(run_dir / "run.json", meta)
-        if report:
-            from salbench.report import write_leaderboard
-
-            write_leaderboard([run_dir], run_dir)
     distributed.shutdown(shard)
     return run_dir
