@@ -84,7 +84,7 @@ AGNOSTICISM_SCHEMA = pa.schema(
 )
 
 # The example tables (``salbench.examples``): a few images with every method's map, binary mask and
-# inpainted image, written only by the batches that hold those images.
+# inpainting fill, written only by the batches that hold those images.
 EXAMPLE_IMAGES_SCHEMA = pa.schema(
     [
         ("image_index", pa.int64()),
