@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
-from salbench.errors import exit_codes
+from salbench.errors import UsageError, exit_codes
+
+# Commands import what they need when they run, so that ``--help`` and argument errors answer at
+# once instead of after loading torch, timm and pandas.
 
 
 class _Group(click.Group):
@@ -84,12 +87,14 @@ def _check_out_dir(out: str | None) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (with --out, or the newest run of the same spec).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def run(config_path, dataset, methods, exclude_methods, models, eval_models, limit, batch_size, binarize, inpaint, target, seed, device, dtype, workers, map_cache, map_precision, out, resume, no_progress):
-    """Run the benchmark (no arguments: the embedded synthetic default with the zoo).
+    """Run the benchmark (no arguments: the embedded synthetic default with the zoo), then write its report.
 
     Every flag and config key is validated before any work: a bad value exits 2 with one line.
     A run in which every map failed exits 1 (run.json status: failed).
     """
+    from salbench import distributed
     from salbench.config import RunSpec
+    from salbench.report import write_report
     from salbench.runner import run as run_spec
 
     spec = RunSpec.from_file(config_path) if config_path else RunSpec()
@@ -100,10 +105,10 @@ def run(config_path, dataset, methods, exclude_methods, models, eval_models, lim
     )
     _check_out_dir(out)
     run_dir = run_spec(spec, out, resume=resume, progress=not no_progress)
+    if not distributed.is_main_process():  # under torchrun, rank 0 reports
+        return
     click.echo(f"results: {run_dir}")
-    board = run_dir / "leaderboard.md"
-    if board.exists():
-        click.echo(board.read_text())
+    click.echo(write_report([run_dir], run_dir)["files"]["leaderboard.md"].read_text())
 
 
 @main.group()
@@ -180,24 +185,27 @@ def zoo_build(names, force) -> None:
 @click.option("--paired-metric", "paired_metrics", multiple=True, metavar="METRIC",
               help="Metric(s) for --paired (default: le, om, f1, masked_in_top1, masked_out_top1, inpainted_top1); e.g. le, f1, inpainted_top1, masked_out_top1_self.")
 @click.option("--methods", help="Comma-separated methods/wildcards to show (control rows are always shown).")
-@click.option("--no-qualitative", is_flag=True, help="Skip the qualitative figure (it reloads the source classifier and recomputes a few maps).")
-@click.option("--qualitative-images", type=click.IntRange(1, 16), default=3, show_default=True, help="Images in the qualitative figure.")
-@click.option("--device", default="cpu", show_default=True, help="Device for recomputing the qualitative maps.")
+@click.option("--no-qualitative", is_flag=True, help="Skip the qualitative figure (drawn from the example images the run stored).")
+@click.option("--qualitative-images", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Images in the qualitative figure (at most the number a run stores: 3).")
 @click.option("--strict-protocol", is_flag=True, help="Refuse runs with different protocols instead of reporting them in separate sections.")
 @click.option("--n-boot", type=click.IntRange(1, 100000), default=1000, show_default=True, help="Bootstrap resamples for the 95% intervals.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resampling.")
-def report(run_dirs, out, paired, paired_metrics, methods, no_qualitative, qualitative_images, device, strict_protocol, n_boot, seed) -> None:
+def report(run_dirs, out, paired, paired_metrics, methods, no_qualitative, qualitative_images, strict_protocol, n_boot, seed) -> None:
     """Leaderboard (Markdown + self-contained HTML), paper tables (md/tex/csv) and figures from run directories' Parquet tables."""
+    from salbench.examples import EXAMPLE_COUNT
     from salbench.registry import split_list
     from salbench.report import DEFAULT_PAIRED_METRICS, parse_pairs, write_report
     from salbench.tables import metric_descriptor
 
+    if qualitative_images > EXAMPLE_COUNT:
+        raise UsageError(f"--qualitative-images {qualitative_images}: a run stores {EXAMPLE_COUNT} example images; choose 1 to {EXAMPLE_COUNT}")
     dirs = [Path(d) for d in run_dirs]
     out_dir = Path(out) if out else (dirs[0] if len(dirs) == 1 else Path("report"))
     metrics = [m for v in paired_metrics for m in split_list(v)] or list(DEFAULT_PAIRED_METRICS)
     for m in metrics:
         metric_descriptor(m)
-    result = write_report(dirs, out_dir, qualitative=not no_qualitative, qualitative_images=qualitative_images, device=device,
+    result = write_report(dirs, out_dir, qualitative=not no_qualitative, qualitative_images=qualitative_images,
                           paired=parse_pairs(paired), paired_metrics=metrics, methods=split_list(methods) or None,
                           strict=strict_protocol, n_boot=n_boot, seed=seed)
     click.echo(result["files"]["leaderboard.md"].read_text())

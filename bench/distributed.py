@@ -2,8 +2,8 @@
 
 Under ``torchrun --nproc-per-node=N -m salbench run ...`` every rank processes the batches
 ``b`` with ``b % world_size == rank`` and writes its own part files (named by batch, so ranks
-never collide and a 1-rank run writes the very same files). Rank 0 picks the run directory,
-writes ``run.json`` and, after a barrier, the leaderboard. gloo on CPU, NCCL on GPUs.
+never collide and a 1-rank run writes the very same files). Rank 0 picks the run directory and
+writes ``run.json``; ``salbench run`` writes the report on rank 0 once the run has returned. gloo on CPU, NCCL on GPUs.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ class Shard:
 
     def owns(self, unit: int) -> bool:
         return unit % self.world_size == self.rank
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a single process (from the environment torchrun sets)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def init_from_env(device_type: str) -> Shard:

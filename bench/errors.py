@@ -29,6 +29,12 @@ def close_matches(name: str, choices: Iterable[str], n: int = 3) -> str:
     return f" (did you mean: {', '.join(matches)}?)" if matches else ""
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` of an exception, cut to ``limit`` characters (error rows, notes)."""
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:limit]
+
+
 @contextlib.contextmanager
 def exit_codes():
     """CLI error mapping: UsageError -> one line on stderr, exit 2; other salbench errors -> exit 1."""

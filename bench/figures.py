@@ -2,23 +2,19 @@
 
 * ``figure3(group)``: for each eval classifier, top-1 on original, masked-in, masked-out and
   inpainted images, bars grouped by method (from the agnosticism table alone).
-* ``qualitative(group)``: for a few seeded random images, the original, the map, and the
-  masked-in, masked-out and inpainted images per method. The run stores only tables, so this
-  recomputes the maps: rebuild the dataset from ``run.json``, load the source classifier and
-  each method, binarise and compose exactly as the runner does. Returns ``(png, notes)``;
-  ``png`` is None with a note when a classifier cannot be loaded (a zoo model that is not built
-  is never trained from here).
+* ``qualitative(group)``: for the few seeded example images a run stores (``salbench.examples``),
+  the original, and per method the map and the masked-in, masked-out and inpainted images. Read
+  from the run's files alone: no classifier, dataset or method is loaded. Returns ``(png, notes)``;
+  ``png`` is None with a note when the run stores no examples.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
+from salbench.examples import EXAMPLE_COUNT, decode_image, decode_maps, read_examples
 from salbench.paper import figure3_frame
 from salbench.tables import VARIANTS, Group
 
@@ -27,6 +23,8 @@ VARIANT_COLORS = {"original": "#9e9e9e", "masked_in": "#2b8cbe", "masked_out": "
 
 
 def _plt():
+    # matplotlib is imported here, not at the top: its backend must be set before pyplot loads,
+    # and only the report draws.
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -95,156 +93,76 @@ def figure3(group: Group, board=None):
 
 
 # ----------------------------------------------------------------------------- qualitative
-def _salt(method: str) -> int:  # the runner's per-method seed salt
-    return int(hashlib.sha1(method.encode()).hexdigest()[:7], 16)
+def qualitative(group: Group, board=None, *, n_images: int = EXAMPLE_COUNT, max_methods: int = 10) -> tuple[bytes | None, list[str]]:
+    """PNG bytes of the qualitative figure (or None) and notes on what was left out.
 
-
-def _would_train(method) -> str | None:
-    """Why computing ``method``'s maps would start a training run (None: it would not)."""
-    if not getattr(method.capabilities, "needs_training", False):
-        return None
-    if hasattr(method, "masker_dir"):
-        try:
-            from salbench import casm
-
-            return None if casm.is_complete(method.masker_dir()) else "its masker is not trained yet"
-        except Exception as exc:
-            return f"cannot locate its trained masker ({type(exc).__name__}: {exc})"
-    return None
-
-
-def _default_loader(spec: str, device: str):
-    """Load a classifier for the figure; never trains a zoo model that is not built yet."""
-    import torch
-
-    from salbench.classifiers import ModelOptions, load_classifier
-
-    if spec.startswith("zoo:"):
-        from salbench import zoo
-
-        if not zoo.is_built(spec[4:]):
-            raise RuntimeError(f"zoo classifier {spec!r} is not built (run `salbench zoo build`)")
-    return load_classifier(spec, ModelOptions(device=torch.device(device)))
-
-
-def qualitative(group: Group, board=None, *, n_images: int = 3, seed: int | None = None, device: str = "cpu",
-                loader: Callable[[str, str], Any] | None = None, max_methods: int = 10) -> tuple[bytes | None, list[str]]:
-    """PNG bytes of the qualitative figure (or None) and notes on what was skipped."""
-    import torch
-
-    from salbench.datasets import build_dataset, collate
-    from salbench.errors import NotApplicable
-    from salbench.methods import create_method
-    from salbench.metrics.agnosticism import compose
-    from salbench.metrics.binarize import binarize
-    from salbench.rng import image_seeds
-
-    notes: list[str] = []
-    loader = loader or _default_loader
+    Drawn from the example images the run stored (``salbench.examples``), for the first source
+    classifier with rows: per image the original with its boxes, then per method the map,
+    the masked-in (b·x), masked-out ((1−b)·x) and inpainted images.
+    """
+    run = group.runs[0]
+    image_rows, map_rows = read_examples(run.path)
+    if not image_rows or not map_rows:
+        return None, [f"qualitative figure skipped: run {run.run_id} stores no example images (runs written before salbench stored them: rerun)"]
     loc = group.loc[group.loc["error"].isna()]
-    if loc.empty:
-        return None, ["qualitative figure skipped: no localisation rows"]
     have = {str(x) for x in loc["source_model"].unique()}
     sources = [s for s in group.models if s in have]
     if not sources:
         return None, ["qualitative figure skipped: no source classifier with rows"]
     source = sources[0]
-    run = group.runs[0]
-    spec = run.meta.get("spec", {})
-    try:
-        dataset = build_dataset(spec["dataset"])
-    except Exception as exc:
-        return None, [f"qualitative figure skipped: cannot rebuild dataset {spec.get('dataset')!r}: {type(exc).__name__}: {exc}"]
-    try:
-        clf = loader(source, device)
-        from salbench.weights import check_class_count, drop_background_class
-
-        if check_class_count(clf.num_classes, dataset.num_classes, source):
-            drop_background_class(clf)
-    except Exception as exc:
-        return None, [f"qualitative figure skipped: cannot load source classifier {source!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
-    want = run.meta.get("classifiers", {}).get(source, {}).get("weights_sha256")
-    have = getattr(clf, "meta", {}).get("weights_sha256") if isinstance(getattr(clf, "meta", None), dict) else None
-    if want and have and want != have:
-        notes.append(f"qualitative figure: the weights of {source!r} differ from the run's (sha256 {have[:12]} vs {want[:12]}); maps may differ")
-    indices = np.unique(loc["image_index"].to_numpy(dtype=np.int64))
-    rng = np.random.default_rng(int(spec.get("seed", 0)) if seed is None else seed)
-    chosen = np.sort(rng.choice(indices, size=min(n_images, len(indices)), replace=False))
-    batch = collate([dataset[int(i)] for i in chosen])
-    x = batch.images.to(device)
-    labels = batch.labels.to(device)
-    with torch.no_grad():
-        logits = clf(x)
-    targets = labels if spec.get("target", "label") == "label" else logits.argmax(1)
-    methods = [str(m) for m in loc.loc[loc["source_model"] == source, "method"].unique()]
+    notes: list[str] = []
+    if n_images > len(image_rows):
+        notes.append(f"qualitative figure: {n_images} images asked, the run stores {len(image_rows)}")
+    images = sorted(image_rows, key=lambda r: r["image_index"])[:n_images]
+    stored: dict[tuple[str, int], dict] = {}
+    for r in map_rows:  # a classifier-independent method's maps are stored once, with no source
+        if r["source_model"] == source or (not isinstance(r["source_model"], str) and (r["method"], r["image_index"]) not in stored):
+            stored[(str(r["method"]), int(r["image_index"]))] = r
+    methods = [str(m) for m in loc.loc[loc["source_model"] == source, "method"].unique() if any(k[0] == m for k in stored)]
     if board is not None and len(board) and "method" in board.columns:
         methods = [m for m in methods if m in set(board["method"].astype(str))]
     methods = method_order(methods, board)[:max_methods]
-    binarize_name, binarize_params = spec.get("binarize", "mean_area"), spec.get("binarize_params") or {}
-    inpaint = spec.get("inpaint", "telea")
-    results: dict[str, dict[str, np.ndarray]] = {}
-    for name in methods:
-        try:
-            method = create_method(name, **group.method_params(name))
-            why = _would_train(method)
-            if why:
-                notes.append(f"qualitative figure: {name} skipped: {why} (the report never trains)")
-                continue
-            method.check(clf)
-            method.seed = int(spec.get("seed", 0))
-            seeds = image_seeds(int(spec.get("seed", 0)), batch.index, _salt(name)).to(device)
-            maps = method(clf, x, targets, seeds)
-            b = binarize(maps, binarize_name, **binarize_params)
-            out = {"map": maps.detach().float().cpu().numpy()}
-            for v in ("masked_in", "masked_out", "inpainted"):
-                out[v] = compose(x, b, v, inpaint=inpaint).detach().float().cpu().permute(0, 2, 3, 1).clamp(0, 1).numpy()
-            results[name] = out
-        except NotApplicable as exc:
-            notes.append(f"qualitative figure: {name} not applicable to {source}: {exc}")
-        except Exception as exc:
-            notes.append(f"qualitative figure: {name} skipped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    if not results:
-        return None, notes + ["qualitative figure skipped: no method could be recomputed"]
+    if not methods:
+        return None, notes + [f"qualitative figure skipped: no stored maps of the methods shown for {source}"]
+    spec = run.meta.get("spec", {})
     plt = _plt()
-    names = list(results)
-    images = x.detach().float().cpu().permute(0, 2, 3, 1).clamp(0, 1).numpy()
     row_kinds = ("map", "masked_in", "masked_out", "inpainted")
-    nrows, ncols = len(chosen) * len(row_kinds), 1 + len(names)
+    nrows, ncols = len(images) * len(row_kinds), 1 + len(methods)
     cell = 1.25
     fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows), squeeze=False)
-    class_names = getattr(dataset, "class_names", None)
-    for i in range(len(chosen)):
+    for i, img_row in enumerate(images):
+        image = decode_image(img_row)
         for r, kind in enumerate(row_kinds):
             row = i * len(row_kinds) + r
             ax0 = axes[row][0]
             if r == 0:
-                ax0.imshow(images[i])
-                lab = int(batch.labels[i])
-                cname = class_names[lab] if class_names and lab < len(class_names) else str(lab)
-                ax0.set_title(f"{batch.ids[i]}\n{cname}", fontsize=6)
-                for bx, ok in zip(batch.boxes[i].tolist(), batch.box_valid[i].tolist()):
-                    if ok:
-                        ax0.add_patch(plt.Rectangle((bx[0] - 0.5, bx[1] - 0.5), bx[2] - bx[0], bx[3] - bx[1], fill=False, ec="#00e000", lw=0.8))
+                ax0.imshow(image)
+                cname = img_row["class_name"] or str(img_row["label"])
+                ax0.set_title(f"{img_row['image_id']}\n{cname}", fontsize=6)
+                for bx in img_row["boxes"]:
+                    ax0.add_patch(plt.Rectangle((bx[0] - 0.5, bx[1] - 0.5), bx[2] - bx[0], bx[3] - bx[1], fill=False, ec="#00e000", lw=0.8))
                 ax0.set_ylabel("map", fontsize=7)
             else:
                 ax0.text(0.5, 0.5, VARIANT_LABELS[kind], ha="center", va="center", fontsize=8, transform=ax0.transAxes)
-            for c, name in enumerate(names, start=1):
+                for sp in ax0.spines.values():
+                    sp.set_visible(False)
+            for c, name in enumerate(methods, start=1):
                 ax = axes[row][c]
+                if kind == "map" and i == 0:
+                    ax.set_title(name, fontsize=8)
+                got = stored.get((name, int(img_row["image_index"])))
+                if got is None:  # the pair failed on this image: an empty cell
+                    continue
+                drawn = decode_maps(got, image)
                 if kind == "map":
-                    ax.imshow(images[i])
-                    ax.imshow(results[name]["map"][i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-                    if i == 0:
-                        ax.set_title(name, fontsize=8)
+                    ax.imshow(image)
+                    ax.imshow(drawn["map"], cmap="jet", alpha=0.5, vmin=0, vmax=1)
                 else:
-                    ax.imshow(results[name][kind][i])
-        for ax in axes.ravel():
-            ax.set_xticks([])
-            ax.set_yticks([])
-        for row in range(nrows):
-            if row % len(row_kinds):
-                for s in axes[row][0].spines.values():
-                    s.set_visible(False)
-    fig.suptitle(f"Maps of source classifier {source}; binarise {binarize_name}, inpaint {inpaint}", fontsize=9)
+                    ax.imshow(drawn[kind])
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"Maps of source classifier {source}; binarise {spec.get('binarize', 'mean_area')}, inpaint {spec.get('inpaint', 'telea')}", fontsize=9)
     fig.tight_layout()
     png = save_bytes(fig, "png", dpi=100)
     plt.close(fig)

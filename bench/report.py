@@ -11,12 +11,12 @@ Entry points:
       <out>/tables/table3.{md,tex,csv}      seen vs unseen classes (only with a trained class subset)
       <out>/tables/paired.{md,csv}          paired comparisons (with ``paired=``)
       <out>/figures/figure3.{png,pdf}       CASM Figure 3: top-1 per eval classifier and variant
-      <out>/figures/qualitative.png         images, maps, masked-in/out, inpainted (recomputed)
+      <out>/figures/qualitative.png         images, maps, masked-in/out, inpainted (stored by the run)
 
   Every file is written atomically. Runs with different protocols get one section (and a
   ``-p<k>`` figure suffix) each; ``strict=True`` refuses them instead.
-* ``write_leaderboard(run_dirs, out_dir)``: the same without the qualitative figure (which
-  reloads classifiers); the runner calls it at the end of every run. Returns leaderboard.md.
+* ``write_leaderboard(run_dirs, out_dir)``: the same without the qualitative figure. Returns
+  leaderboard.md.
 * ``leaderboard_frame(run_dirs)``: the leaderboard as a DataFrame.
 * ``paired_difference(run_dirs, a, b, metric, source_model=None)``: see ``salbench.tables``.
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from salbench import figures as F
 from salbench.errors import UsageError
+from salbench.examples import EXAMPLE_COUNT
+from salbench.html_report import Page, esc, table_html
 from salbench.metrics.base import SHOWN_VARIANTS, localization_summaries, variant_scores, variant_summary
 from salbench.paper import mask_stats, table1, table2, table3
 from salbench.render import Col, Table
@@ -179,8 +182,6 @@ def leaderboard_markdown(rep: Report, *, n_boot: int = 1000, alpha: float = 0.05
 
 # ----------------------------------------------------------------------------- HTML
 def leaderboard_html(rep: Report, figures: dict[str, bytes], *, n_boot: int = 1000, alpha: float = 0.05, fig_notes: Sequence[str] = ()) -> str:
-    from salbench.html_report import Page, table_html
-
     page = Page("salbench leaderboard")
     page.h(1, "salbench leaderboard")
     page.p(_explain(n_boot, alpha).replace("*", "").replace("`", ""), "meta")
@@ -213,8 +214,6 @@ def leaderboard_html(rep: Report, figures: dict[str, bytes], *, n_boot: int = 10
             cells = [(r["protocol"], r["protocol"]), (r["source_model"], r["source_model"]), (r["metric"], r["metric"]), (r["method_a"], r["method_a"]),
                      (r["method_b"], r["method_b"]), (r["images"], r["images"]), (r["a"], f"{r['a']:.2f}"), (r["b"], f"{r['b']:.2f}"),
                      (r["diff"], f"{r['diff']:+.2f}"), (r["diff_lo"], f"{r['diff_lo']:+.2f} … {r['diff_hi']:+.2f}")]
-            from salbench.html_report import esc
-
             rows.append("<tr>" + "".join(f'<td data-v="{esc(v)}">{esc(s)}</td>' for v, s in cells)
                         + f'<td data-v="{esc(verdict)}" class="{"sig" if sig else "nsig"}">{esc(verdict)}</td></tr>')
         rows.append("</tbody></table>")
@@ -246,10 +245,10 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, qualitative: bool = True, qualitative_images: int = 3,
-                 device: str = "cpu", paired: Sequence[tuple[str, str]] = (), paired_metrics: Sequence[str] = DEFAULT_PAIRED_METRICS,
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, qualitative: bool = True, qualitative_images: int = EXAMPLE_COUNT,
+                 paired: Sequence[tuple[str, str]] = (), paired_metrics: Sequence[str] = DEFAULT_PAIRED_METRICS,
                  methods: Sequence[str] | None = None, strict: bool = False, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
-                 figures: bool = True, loader: Callable[[str, str], Any] | None = None) -> dict[str, Any]:
+                 figures: bool = True) -> dict[str, Any]:
     """Write the whole report under ``out_dir``; returns {"files": {name: Path}, "notes": [...], "timings": {...}}."""
     out = Path(out_dir)
     rep = build_report(run_dirs, methods=methods, paired=paired, paired_metrics=paired_metrics, strict=strict, n_boot=n_boot, alpha=alpha, seed=seed)
@@ -276,8 +275,6 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, qualita
     figs: dict[str, bytes] = {}
     fig_notes: list[str] = []
     if figures:
-        from salbench import figures as F
-
         fdir = out / "figures"
         for g, board in zip(rep.groups, rep.boards):
             sfx = _suffix(g, rep)
@@ -294,7 +291,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, qualita
                 figs[f"figure3{sfx}"] = png
             if qualitative:
                 try:
-                    png, notes = F.qualitative(g, board, n_images=qualitative_images, device=device, loader=loader)
+                    png, notes = F.qualitative(g, board, n_images=qualitative_images)
                 except Exception as exc:
                     png, notes = None, [f"qualitative figure failed: {type(exc).__name__}: {exc}"]
                 fig_notes += notes
@@ -303,7 +300,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, qualita
                     files[f"figures/qualitative{sfx}.png"] = fdir / f"qualitative{sfx}.png"
                     figs[f"qualitative{sfx}"] = png
             else:
-                fig_notes.append("qualitative figure not drawn (it recomputes maps): run `salbench report RUN_DIR` without --no-qualitative")
+                fig_notes.append("qualitative figure not drawn: run `salbench report RUN_DIR` without --no-qualitative")
     t2 = time.perf_counter()
     links = {k: k for k in files}
     md = leaderboard_markdown(Report(rep.groups, rep.boards, rep.tables, rep.paired, rep.notes + fig_notes), n_boot=n_boot, alpha=alpha, files=links)

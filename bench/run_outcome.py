@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from salbench.errors import SalbenchError
+from salbench.results import read_table
 
 
 class RunFailed(SalbenchError):
@@ -23,8 +24,6 @@ def load_errors(run_dir: Path) -> dict[str, Any]:
     A load-error row is a localisation row with an error and no ``source_correct``: the image
     never reached the source classifier (a method's error row has the clean prediction).
     """
-    from salbench.results import read_table
-
     try:
         rows = read_table(run_dir, "localization", columns=["image_id", "error", "source_correct"])
     except Exception:  # no table written (no completed batch)

@@ -1,12 +1,19 @@
 """The evaluator: a plain function over (dataset x methods x source classifiers x eval classifiers).
 
-For each batch of images (pixel space, on the device):
+``prepare`` first loads the classifiers and creates the methods: the one, logged, step that may
+train (zoo classifiers not yet cached, maskers of methods that need training). The ``Evaluator``
+is built from what it returns and only evaluates. For each batch of images (pixel space, on the device):
 
 * every eval classifier scores the original images once;
 * for each (source classifier, method) pair: maps -> localisation rows (binarise, box, LE/OM,
   continuous F1, mask statistics) -> masked-in / masked-out / inpainted images -> every eval
   classifier scores them -> agnosticism rows;
+* for the few example images of the run (``salbench.examples``), the image and every pair's map,
+  binary mask and inpainted image, for the report's qualitative figure;
 * the batch's rows are written as one atomic part file per table, then its completion marker.
+
+The report (leaderboard, paper tables, figures) is not written here: it reads these files
+(``salbench.report``; ``salbench run`` calls it once the run has returned).
 
 Everything stays on the device and batched; the only per-image work is inpainting backends
 that are per-image CPU algorithms (OpenCV Telea), which run in a thread pool.
@@ -26,21 +33,29 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pyarrow as pa
+import skimage
+import timm
 import torch
+from tqdm.auto import tqdm
 
-from salbench import __version__
+from salbench import __version__, distributed, examples, zoo
 from salbench.classifiers import Classifier, ModelOptions, expand_model_specs, load_classifier
 from salbench.config import RunSpec, spec_hash
 from salbench.datasets import SaliencyDataset, build_dataset, collate
 from salbench.device import device_name, resolve_device, resolve_dtype
 from salbench.errors import NotApplicable, UsageError
-from salbench.mapcache import code_digest, images_digest, map_key, quantize
+from salbench.mapcache import MapCache, code_digest, images_digest, map_key, quantize
 from salbench.methods import METHODS, SaliencyMethod, create_method
 from salbench.metrics import MapContext, ScoreContext, agnosticism, binarize, boxes, metrics_for
-from salbench.results import RunWriter, atomic_write_json, read_run_json, schema
+from salbench.metrics.binarize import BINARIZERS
+from salbench.metrics.boxes import BOX_RULES
+from salbench.metrics.inpainting import INPAINTERS
+from salbench.results import RunWriter, atomic_write_json, progress_info, read_run_json, schema
 from salbench.rng import image_seeds
+from salbench.run_outcome import RunFailed, all_failed, load_errors
 from salbench.weights import check_class_count, drop_background_class
 
 DEFAULT_RESULTS = Path("results")
@@ -67,10 +82,6 @@ class ResolvedRun:
 
 def resolve(spec: RunSpec) -> ResolvedRun:
     """Expand wildcards, build the dataset and method objects, check every name (raises UsageError)."""
-    from salbench.metrics.binarize import BINARIZERS
-    from salbench.metrics.boxes import BOX_RULES
-    from salbench.metrics.inpainting import INPAINTERS
-
     methods = METHODS.select(spec.methods, exclude=spec.exclude_methods)
     if list(spec.methods) == ["*"]:  # "every method": registered methods, not every cached checkpoint
         methods = [m for m in methods if METHODS.get(m).default_selected]
@@ -82,14 +93,13 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     dataset = build_dataset(spec.dataset)
     # per-dataset defaults (e.g. RISE mask count, occlusion window for the image size), then the spec's
     method_params = {m: {**METHODS.get(m).defaults_for(tuple(dataset.image_size)), **spec.method_params.get(m, {})} for m in methods}
-    # --- wt-faults: method parameters checked against the image size, limit clamping said aloud
+    # method parameters checked against the image size; a limit above the dataset size said aloud
     created = {m: create_method(m, **method_params[m]) for m in methods}
     for method in created.values():
         method.check_image_size(tuple(dataset.image_size))
     method_configs = {m: method.config() for m, method in created.items()}
     if spec.limit is not None and spec.limit > len(dataset):
         print(f"salbench: warning: limit={spec.limit} is more than the {len(dataset)} images of {dataset.spec}; evaluating {len(dataset)}", file=sys.stderr)
-    # --- end wt-faults
     models = expand_model_specs(spec.models)
     eval_models = expand_model_specs(spec.eval_models) if spec.eval_models else list(models)
     BINARIZERS.get(spec.binarize)
@@ -127,10 +137,6 @@ def latest_run_dir(resolved: ResolvedRun, root: Path = DEFAULT_RESULTS) -> Path 
 
 
 def versions() -> dict[str, str]:
-    import cv2
-    import skimage
-    import timm
-
     return {
         "salbench": __version__,
         "python": platform.python_version(),
@@ -197,30 +203,78 @@ def _column(t: torch.Tensor) -> Any:
     return _np(t)
 
 
-class Evaluator:
-    """Holds the loaded classifiers and methods of a run; ``evaluate_batch`` makes its rows."""
+def _log(message: str) -> None:
+    print(f"salbench: {message}", file=sys.stderr, flush=True)
 
-    def __init__(self, resolved: ResolvedRun, device: torch.device, progress: bool = True):
+
+def load_classifiers(resolved: ResolvedRun, device: torch.device, progress: bool = True) -> dict[str, Classifier]:
+    """Every source and eval classifier of a run, on ``device``; zoo classifiers not yet in the
+    cache are trained first (with their progress bars), each announced with a log line."""
+    spec = resolved.spec
+    options = ModelOptions(device=device, amp_dtype=resolve_dtype(spec.dtype), channels_last=spec.channels_last, overrides=spec.model_overrides)
+    classifiers: dict[str, Classifier] = {}
+    for name in dict.fromkeys(resolved.models + resolved.eval_models):
+        if name.startswith("zoo:") and not zoo.is_built(name[4:]):
+            roles = [role for role, names in (("source", resolved.models), ("eval", resolved.eval_models)) if name in names]
+            _log(f"building {name}: not in the zoo cache ({zoo.zoo_dir(name[4:])}); the run uses it as {' and '.join(roles)} classifier")
+            zoo.build([name[4:]], progress=progress)
+        clf = load_classifier(name, options)
+        if check_class_count(clf.num_classes, resolved.dataset.num_classes, name):
+            drop_background_class(clf)  # 1001-way checkpoint with background at index 0
+        classifiers[name] = clf
+    return classifiers
+
+
+def create_methods(resolved: ResolvedRun, device: torch.device, progress: bool = True) -> dict[str, SaliencyMethod]:
+    """The run's methods with their parameters and the run seed; methods that need training
+    train (or load) what they need now, each announced with a log line."""
+    methods: dict[str, SaliencyMethod] = {}
+    for name in resolved.methods:
+        method = create_method(name, **resolved.method_params.get(name, {}))
+        method.seed = resolved.spec.seed
+        if method.capabilities.needs_training:
+            _log(f"preparing {name}: it needs a trained model (trained now unless cached)")
+            method.prepare(device, progress)
+        methods[name] = method
+    return methods
+
+
+def prepare(resolved: ResolvedRun, device: torch.device, progress: bool = True) -> tuple[dict[str, Classifier], dict[str, SaliencyMethod]]:
+    """Everything a run needs before its first batch: the classifiers and the prepared methods.
+
+    The one step of a run that may train (missing zoo classifiers, untrained maskers); the
+    ``Evaluator`` built from its result only evaluates.
+    """
+    return load_classifiers(resolved, device, progress), create_methods(resolved, device, progress)
+
+
+def open_map_cache(spec: RunSpec) -> MapCache | None:
+    """The saliency-map cache a spec asks for (``map_cache``: a folder, or "auto"), or None."""
+    if not spec.map_cache:
+        return None
+    root = zoo.zoo_home().parent / "maps" if spec.map_cache == "auto" else Path(spec.map_cache)
+    return MapCache(root, spec.map_precision)
+
+
+class Evaluator:
+    """Evaluates batches of a run with classifiers and methods it is given (it loads and trains
+    nothing); ``evaluate_batch`` makes a batch's rows.
+
+    ``not_applicable`` holds the (method, source classifier) pairs a method refuses, with why.
+    """
+
+    def __init__(self, resolved: ResolvedRun, classifiers: dict[str, Classifier], methods: dict[str, SaliencyMethod],
+                 device: torch.device, map_cache: MapCache | None = None):
+        missing = [n for n in dict.fromkeys(resolved.models + resolved.eval_models) if n not in classifiers]
+        if missing or set(methods) != set(resolved.methods):
+            raise ValueError(f"Evaluator: classifiers missing {missing}, methods {sorted(methods)} for run methods {sorted(resolved.methods)}")
         self.r = resolved
         self.spec = resolved.spec
         self.device = device
-        options = ModelOptions(device=device, amp_dtype=resolve_dtype(self.spec.dtype), channels_last=self.spec.channels_last, overrides=self.spec.model_overrides)
-        self.classifiers: dict[str, Classifier] = {}
-        for name in dict.fromkeys(resolved.models + resolved.eval_models):
-            clf = load_classifier(name, options)
-            if check_class_count(clf.num_classes, resolved.dataset.num_classes, name):
-                drop_background_class(clf)  # 1001-way checkpoint with background at index 0
-            self.classifiers[name] = clf
-        self.methods: dict[str, SaliencyMethod] = {m: create_method(m, **resolved.method_params.get(m, {})) for m in resolved.methods}
-        for i, m in enumerate(self.methods.values()):
-            m.seed = self.spec.seed
-        self.map_cache = None
-        if self.spec.map_cache:
-            from salbench.mapcache import MapCache
-            from salbench.zoo import zoo_home
-
-            root = zoo_home().parent / "maps" if self.spec.map_cache == "auto" else Path(self.spec.map_cache)
-            self.map_cache = MapCache(root, self.spec.map_precision)
+        self.classifiers = classifiers
+        self.methods = methods
+        self.map_cache = map_cache
+        self.example_indices = set(examples.choose(resolved.config.get("num_images", 0), self.spec.seed))
         self.not_applicable: dict[tuple[str, str], str] = {}
         for src in resolved.models:
             for name, method in self.methods.items():
@@ -316,6 +370,7 @@ class Evaluator:
     def evaluate_batch(self, batch) -> tuple[dict[str, pa.Table], dict[str, int]]:
         spec, r = self.spec, self.r
         loc, agn = _Rows(), _Rows()
+        rows = {"localization": loc, "agnosticism": agn, "example_images": _Rows(), "example_maps": _Rows()}
         counts = {"maps": 0, "errors": 0, "load_errors": 0}
         if batch.errors is not None:  # images that failed to load: one error row each, then the rest
             bad = [i for i, e in enumerate(batch.errors) if e]
@@ -327,12 +382,17 @@ class Evaluator:
                                 label=[int(batch.labels[i])], method=mname, source_model=src, binarize=spec.binarize, error=batch.errors[i])
             keep = [i for i, e in enumerate(batch.errors) if not e]
             if not keep:
-                return {"localization": loc.table(schema("localization")), "agnosticism": agn.table(schema("agnosticism"))}, counts
+                return {k: v.table(schema(k)) for k, v in rows.items()}, counts
             batch = batch.select(keep)
         batch = batch.to(self.device)
         x, labels = batch.images, batch.labels
         base = dict(run_id=r.run_id, dataset=r.dataset.spec)
         ids = dict(image_index=_np(batch.index).astype(np.int64), image_id=list(batch.ids), label=_np(labels).astype(np.int64))
+        picked = [i for i, k in enumerate(batch.index.tolist()) if k in self.example_indices]  # stored for the report's figure
+        if picked:
+            boxes_ok = [[bx for bx, ok in zip(batch.boxes[i].tolist(), batch.box_valid[i].tolist()) if ok] for i in picked]
+            rows["example_images"].add(**examples.image_columns(ids["image_index"][picked], [batch.ids[i] for i in picked], ids["label"][picked],
+                                                                _np(x[picked]), boxes_ok, getattr(r.dataset, "class_names", None)))
 
         digest = images_digest(x) if self.map_cache is not None else ""
         logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
@@ -356,7 +416,11 @@ class Evaluator:
                     try:
                         maps = self._maps(mname, src, x, targets, batch.index, counts, digest)
                         ctx = self._localize(maps, batch)
-                        result = (ctx, self._agnosticism(x, ctx.binary, labels))
+                        stored = None
+                        if picked:  # the inpainting is redone on these images alone: per-image backends give the same pixels
+                            inpainted = agnosticism.compose(x[picked], ctx.binary[picked], "inpainted", inpaint=spec.inpaint)
+                            stored = examples.map_columns(_np(maps[picked]), _np(ctx.binary[picked]), _np(inpainted))
+                        result = [ctx, self._agnosticism(x, ctx.binary, labels), stored]
                     except torch.cuda.OutOfMemoryError:
                         raise  # handled by evaluate_with_retry: split the batch
                     except Exception as exc:  # one method failing on one batch is an error row, not a crash
@@ -369,7 +433,10 @@ class Evaluator:
                     counts["errors"] += len(x)
                     loc.add(**row_base, binarize=spec.binarize, error=_one_line(result), source_correct=_np(source_correct).astype(bool))
                     continue
-                ctx, per_eval = result
+                ctx, per_eval, stored = result
+                if stored is not None:  # a shared result's examples are stored once, for every source
+                    rows["example_maps"].add(image_index=ids["image_index"][picked], method=mname, source_model=None if independent else src, **stored)
+                    result[2] = None
                 try:
                     values = self._per_source(ctx, source_correct, targets)
                 except Exception as exc:  # a failing source-dependent metric: error rows for this pair
@@ -388,7 +455,7 @@ class Evaluator:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=_one_line(scores))
                         else:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=None, **scores)
-        return {"localization": loc.table(schema("localization")), "agnosticism": agn.table(schema("agnosticism"))}, counts
+        return {k: v.table(schema(k)) for k, v in rows.items()}, counts
 
 
 def batches(n: int, batch_size: int) -> list[list[int]]:
@@ -398,6 +465,8 @@ def batches(n: int, batch_size: int) -> list[list[int]]:
 SORT_KEYS = {
     "localization": ["source_model", "method", "image_index"],
     "agnosticism": ["source_model", "method", "eval_model", "variant", "image_index"],
+    "example_images": ["image_index"],
+    "example_maps": ["source_model", "method", "image_index"],
 }
 
 
@@ -445,16 +514,12 @@ def _choose_run_dir(resolved: ResolvedRun, out: str | Path | None, resume: bool,
 
 
 def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, progress: bool = True,
-        results_root: str | Path = DEFAULT_RESULTS, report: bool = True) -> Path:
+        results_root: str | Path = DEFAULT_RESULTS) -> Path:
     """Run a benchmark spec and return its run directory. Raises UsageError before writing anything.
 
-    Under torchrun, each rank evaluates its share of the batches (see ``salbench.distributed``).
+    Writes the tables and run.json (the report is ``salbench.report.write_report``'s job). Under
+    torchrun, each rank evaluates its share of the batches (see ``salbench.distributed``).
     """
-    from tqdm.auto import tqdm
-
-    from salbench import distributed
-    from salbench.results import progress_info
-
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
     resolved = resolve(spec)
@@ -478,7 +543,8 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
     if device.type == "cpu" and shard.world_size == 1:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-    evaluator = Evaluator(resolved, device, progress=progress)
+    classifiers, methods = prepare(resolved, device, progress)
+    evaluator = Evaluator(resolved, classifiers, methods, device, open_map_cache(spec))
     writer = RunWriter(run_dir)
     n = resolved.config["num_images"]
     all_batches = batches(n, spec.batch_size)
@@ -501,7 +567,8 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
             "command": " ".join(sys.argv),
             "status": "running",
             "started": (previous or {}).get("started", started.isoformat()),
-            "resumed": ([*(previous or {}).get("resumed", []), {"at": started.isoformat(), "batches_done": len(done), "partial_files_removed": cleaned}] if previous else []),
+            "resumed": ([*(previous or {}).get("resumed", []), {"at": started.isoformat(), "batches_done": len(done), "partial_files_removed": cleaned,
+                                                                   "batches_repaired": {str(u): why for u, why in writer.repaired.items()}}] if previous else []),
             "num_batches": len(all_batches),
         }
         atomic_write_json(run_dir / "run.json", meta)
@@ -519,27 +586,20 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
         writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, **{k: counts[k] - before.get(k, 0) for k in counts}})
         bar.set_postfix(maps=counts["maps"], errors=counts["errors"])
     distributed.barrier(shard)
-    failed = False  # wt-faults
+    failed = False
     if shard.is_main:
         totals: dict[str, int] = {}
         for info in progress_info(run_dir):
             for k, v in info.items():
                 if k not in ("unit", "rank"):
                     totals[k] = totals.get(k, 0) + int(v)
-        # --- wt-faults: load errors listed in the dataset section; a run with no map at all failed
-        from salbench.run_outcome import RunFailed, all_failed, load_errors
-
+        # load errors listed in the dataset section; a run with no map at all failed
         failed = all_failed(totals)
         found = load_errors(run_dir)
         meta["dataset"] = {**meta["dataset"], "load_errors": found["counts"], "load_error_images": found["images"]}
-        # --- end wt-faults
         meta.update(status="failed" if failed else "complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
         atomic_write_json(run_dir / "run.json", meta)
-        if report and not failed:
-            from salbench.report import write_leaderboard
-
-            write_leaderboard([run_dir], run_dir)
     distributed.shutdown(shard)
-    if shard.is_main and failed:  # wt-faults
+    if shard.is_main and failed:
         raise RunFailed(f"every row of run {resolved.run_id} is an error ({totals.get('errors', 0)} map errors, {totals.get('load_errors', 0)} load errors, 0 maps); see the error column in {run_dir}")
     return run_dir

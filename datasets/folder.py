@@ -100,6 +100,7 @@ import torch
 
 from salbench.datasets.base import Sample, SaliencyDataset
 from salbench.datasets.highbit import unit_range_plane
+from salbench.datasets.imagenet_classes import imagenet_synsets
 from salbench.errors import UsageError, close_matches
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
@@ -496,8 +497,6 @@ def load_class_list(value: str, where: str = "folder") -> list[str]:
     """``classes=`` value -> names: ``imagenet``, inline ``a,b,c``, or a .txt / .json file."""
     value = value.strip()
     if value == "imagenet":
-        from salbench.datasets.imagenet import imagenet_synsets
-
         return list(imagenet_synsets())
     if "," in value:
         names = [v.strip() for v in value.split(",") if v.strip()]

@@ -50,7 +50,6 @@ Spec: ``imagenet:/data/ILSVRC2012/val?annotations=/data/LOC_val_solution.csv&lim
 from __future__ import annotations
 
 import csv
-import functools
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -72,6 +71,7 @@ from salbench.datasets.folder import (
     to_edges,
     walk_files,
 )
+from salbench.datasets.imagenet_classes import imagenet_synsets, synset_index, synset_lemmas
 from salbench.errors import UsageError, close_matches
 
 IMAGE_RE = re.compile(r"^(ILSVRC2012_val_\d{8})\.(jpe?g)$", re.IGNORECASE)
@@ -81,52 +81,6 @@ CSV_NAME = "LOC_val_solution.csv"
 
 
 # --------------------------------------------------------------------------- class table
-def _timm_info_file(name: str) -> Path | None:
-    """A file of timm's ``data/_info`` folder, found without importing timm (which is slow)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("timm")
-    for loc in (spec.submodule_search_locations or []) if spec is not None else []:
-        p = Path(loc) / "data" / "_info" / name
-        if p.is_file():
-            return p
-    return None
-
-
-@functools.lru_cache(maxsize=1)
-def imagenet_synsets() -> tuple[str, ...]:
-    """The 1000 ILSVRC2012 wnids in timm's standard class order (sorted).
-
-    Read from the ``imagenet_synsets.txt`` that timm ships (what ``timm.data.ImageNetInfo``
-    reads), falling back to ``ImageNetInfo`` itself.
-    """
-    p = _timm_info_file("imagenet_synsets.txt")
-    if p is not None:
-        names = tuple(ln.strip() for ln in p.read_text().splitlines() if ln.strip())
-    else:
-        from timm.data import ImageNetInfo
-
-        names = tuple(ImageNetInfo("imagenet-1k").label_names())
-    if len(names) != 1000:
-        raise RuntimeError(f"timm's ImageNet-1k synset list has {len(names)} entries, expected 1000")
-    return names
-
-
-@functools.lru_cache(maxsize=1)
-def synset_index() -> dict[str, int]:
-    return {s: i for i, s in enumerate(imagenet_synsets())}
-
-
-@functools.lru_cache(maxsize=1)
-def synset_lemmas() -> tuple[str, ...]:
-    """Readable names (``"tench, Tinca tinca"``) in class order (the wnid where none is known)."""
-    p = _timm_info_file("imagenet_synset_to_lemma.txt")
-    lemmas: dict[str, str] = {}
-    if p is not None:
-        for ln in p.read_text().splitlines():
-            wnid, _, lemma = ln.partition("\t")
-            lemmas[wnid.strip()] = lemma.strip()
-    return tuple(lemmas.get(s, s) for s in imagenet_synsets())
 
 
 def wnid_to_index(wnid: str, where: str) -> int:

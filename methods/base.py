@@ -82,6 +82,9 @@ class SaliencyMethod:
         if self.capabilities.needs_feature_layer:
             classifier.features_spec()
 
+    def prepare(self, device: torch.device, progress: bool = True) -> None:
+        """Train or load what the method needs before its first map (methods with ``needs_training``)."""
+
     # -- the hook ---------------------------------------------------------------
     def attribute(self, classifier: Classifier, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         """Raw non-negative maps, B x h x w at any resolution (upsampled by the caller)."""

@@ -342,33 +342,51 @@ def test_html_renders_in_headless_chromium(report_dir, tmp_path):
 
 
 # ----------------------------------------------------------------------------- qualitative figure
-def _tiny_run(tmp_path, models=("cnn",)):
+def _tiny_run(tmp_path, models=("cnn",), examples=True):
     return make_run(tmp_path / "tiny", methods=("gradcam", "centre", "random"), models=models, evals=models, n_images=12, batch=6,
-                    dataset="synthetic?split=val&n=12&seed=0&classes=10&size=32", image_size=(32, 32))
+                    dataset="synthetic?split=val&n=12&seed=0&classes=10&size=32", image_size=(32, 32), examples=examples)
 
 
-def test_qualitative_figure(tmp_path):
-    from testutils import make_classifier
-
+def test_qualitative_figure_is_drawn_from_the_stored_examples(tmp_path):
     from salbench import figures as F
 
-    group = T.load_groups([_tiny_run(tmp_path)])[0]
-    png, notes = F.qualitative(group, n_images=2, loader=lambda spec, device: make_classifier("test_resnet", size=32))
+    group = T.load_groups([_tiny_run(tmp_path, models=("cnn", "vit"))])[0]
+    png, notes = F.qualitative(group, n_images=2)
     assert png is not None and png[:8] == b"\x89PNG\r\n\x1a\n", notes
-
-    def broken(spec, device):
-        raise RuntimeError("no weights here")
-
-    png, notes = F.qualitative(group, loader=broken)
-    assert png is None and any("cannot load source classifier 'cnn'" in n and "no weights here" in n for n in notes)
+    png, notes = F.qualitative(group, n_images=5)
+    assert png is not None and any("5 images asked, the run stores 3" in n for n in notes)
 
 
-def test_report_skips_qualitative_when_classifier_missing(tmp_path):
-    run = _tiny_run(tmp_path, models=("zoo:resnet",))  # not built in the isolated test home: never trained here
+def test_report_loads_no_classifier_dataset_or_method(tmp_path, monkeypatch):
+    """The whole report, qualitative figure included, creates no model, builds no dataset and
+    makes no saliency method (whose maps it would compute)."""
+    import timm
+
+    from salbench import datasets
+    from salbench.methods.base import SaliencyMethod
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report tried to load a classifier, build a dataset or create a method")
+
+    for obj, name in ((timm, "create_model"), (datasets, "build_dataset"), (datasets, "collate"), (SaliencyMethod, "__init__")):
+        monkeypatch.setattr(obj, name, refuse)
+    out = R.write_report([_tiny_run(tmp_path)], tmp_path / "rep")
+    assert "figures/qualitative.png" in out["files"], out["notes"]
+
+
+def test_report_skips_qualitative_when_the_run_stores_no_examples(tmp_path):
+    run = _tiny_run(tmp_path, models=("zoo:resnet",), examples=False)
     out = R.write_report([run], tmp_path / "rep", qualitative=True)
     assert not (tmp_path / "rep" / "figures" / "qualitative.png").exists()
-    assert any("qualitative figure skipped" in n for n in out["notes"])
+    assert any("qualitative figure skipped" in n and "stores no example images" in n for n in out["notes"])
     assert "qualitative figure skipped" in (tmp_path / "rep" / "leaderboard.md").read_text()
+
+
+def test_report_draws_qualitative_with_examples(tmp_path):
+    run = _tiny_run(tmp_path)
+    out = R.write_report([run], tmp_path / "rep", qualitative=True)
+    assert (tmp_path / "rep" / "figures" / "qualitative.png").is_file(), out["notes"]
+    assert "figures/qualitative.png" in out["files"]
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -392,6 +410,8 @@ def test_cli_report(run_dir, tmp_path):
     assert res.exit_code == 2 and "gradient" in res.output
     res = CliRunner().invoke(_cli(), ["report", str(tmp_path), "--no-qualitative"])
     assert res.exit_code == 2 and "not a salbench run directory" in res.output
+    res = CliRunner().invoke(_cli(), ["report", str(run_dir), "--out", str(out), "--qualitative-images", "4"])
+    assert res.exit_code == 2 and "stores 3 example images" in res.output
 
 
 def test_write_leaderboard_entry_point(run_dir, tmp_path):

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from salbench.results import AGNOSTICISM_SCHEMA, LOCALIZATION_SCHEMA, RunWriter, atomic_write_json, atomic_write_table
+from salbench.examples import choose, image_columns, map_columns
+from salbench.results import AGNOSTICISM_SCHEMA, EXAMPLE_IMAGES_SCHEMA, EXAMPLE_MAPS_SCHEMA, LOCALIZATION_SCHEMA, RunWriter, atomic_write_json, atomic_write_table
 
 VARIANTS = ("original", "masked_in", "masked_out", "inpainted")
 DATASET = "synthetic?split=val&n=500&seed=0&classes=10&size=64"
@@ -29,6 +30,26 @@ def _table(schema: pa.Schema, cols: dict[str, Any], n: int) -> pa.Table:
         else:
             arrays.append(pa.array(v, type=f.type, from_pandas=True))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _example_tables(idx: np.ndarray, pairs, *, methods_independent, image_size, rng, num_classes: int, chosen: list[int]) -> dict[str, pa.Table]:
+    """Stored examples (``salbench.examples``) for the chosen images among ``idx``: random pixels
+    and maps; classifier-independent methods once, with no source, as the runner stores them."""
+    pick = np.array([i for i in idx if i in set(chosen)], dtype=np.int64)
+    h, w = image_size
+    k = len(pick)
+    img = image_columns(pick, [f"val-{i:06d}" for i in pick], pick % num_classes, rng.random((k, 3, h, w)),
+                        [[[2.0, 2.0, w / 2, h / 2]] for _ in pick], [f"class{c}" for c in range(num_classes)])
+    cols: dict[str, list] = {}
+    for m, s in pairs:
+        if m in methods_independent and s != pairs[0][1]:
+            continue
+        maps = rng.random((k, h, w))
+        data = map_columns(maps, maps > 0.5, rng.random((k, 3, h, w)))
+        for key, v in {"image_index": list(pick), "method": [m] * k, "source_model": [None if m in methods_independent else s] * k, **data}.items():
+            cols.setdefault(key, []).extend(v)
+    maps_table = pa.Table.from_pydict(cols, schema=EXAMPLE_MAPS_SCHEMA) if k else EXAMPLE_MAPS_SCHEMA.empty_table()
+    return {"example_images": pa.Table.from_pydict({c: list(v) for c, v in img.items()}, schema=EXAMPLE_IMAGES_SCHEMA), "example_maps": maps_table}
 
 
 def make_run(
@@ -51,6 +72,7 @@ def make_run(
     throughput: list[dict[str, Any]] | None = None,
     run_id: str | None = None,
     num_classes: int = 10,
+    examples: bool = False,
 ) -> Path:
     run_dir = Path(run_dir)
     evals = list(evals or models)
@@ -106,7 +128,11 @@ def make_run(
             run_id=[run_id] * na_, dataset=[dataset] * na_, image_index=a_img, image_id=[f"val-{i:06d}" for i in a_img], label=a_img % num_classes,
             method=a_meth, source_model=a_src, eval_model=a_eval, variant=a_var, inpaint=[inpaint] * na_, top1=top1, top5=top5,
             ce=rng.random(na_).astype(np.float32), entropy=rng.random(na_).astype(np.float32), error=[None] * na_), na_)
-        writer.write_unit(unit, {"localization": loc, "agnosticism": agn}, {"unit": unit, "images": b})
+        tables = {"localization": loc, "agnosticism": agn}
+        if examples:
+            tables.update(_example_tables(idx, pairs, methods_independent=("centre", "full", "random"), image_size=image_size, rng=rng,
+                                          num_classes=num_classes, chosen=choose(n_images, 0)))
+        writer.write_unit(unit, tables, {"unit": unit, "images": b})
     spec = {
         "dataset": dataset, "protocol": {"dataset": dataset, "image_size": list(image_size), "num_classes": num_classes},
         "binarize": binarize, "binarize_params": {}, "box": "largest", "inpaint": inpaint, "target": "label", "seed": 0,

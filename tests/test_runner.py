@@ -77,7 +77,74 @@ def test_run_json_records_provenance(tiny_run):
     assert {"torch", "timm", "salbench"} <= set(meta["versions"])
     assert meta["counts"]["images"] == 24 * 1 and meta["counts"]["errors"] == 0
     assert all("weights_sha256" in c for c in meta["classifiers"].values())
-    assert (tiny_run / "leaderboard.md").exists()
+    assert not (tiny_run / "leaderboard.md").exists()  # the report reads the run; `salbench run` writes it afterwards
+
+
+def test_run_stores_the_example_images_the_report_draws(tiny_run, tmp_path):
+    from salbench import examples
+    from salbench.report import write_report
+
+    images, maps = examples.read_examples(tiny_run)
+    chosen = examples.choose(24, RunSpec(**SPEC).seed)
+    assert [r["image_index"] for r in images] == chosen and len(chosen) == examples.EXAMPLE_COUNT
+    independent = {"centre", "full", "random"}  # stored once, with no source
+    keys = {(r["method"], r["source_model"] if isinstance(r["source_model"], str) else None) for r in maps}
+    assert keys == {(m, None) for m in independent} | {(m, s) for m in ("gradient", "gradcam") for s in SPEC["models"]}
+    assert len(maps) == len(keys) * len(chosen)
+    loc = read_table(tiny_run, "localization").set_index(["method", "source_model", "image_index"])
+    image_of = {r["image_index"]: examples.decode_image(r) for r in images}
+    for r in maps:
+        got = examples.decode_maps(r, image_of[r["image_index"]])
+        assert got["map"].shape == got["mask"].shape == (32, 32) and got["inpainted"].shape == (32, 32, 3)
+        src = r["source_model"] if isinstance(r["source_model"], str) else SPEC["models"][0]
+        row = loc.loc[(r["method"], src, r["image_index"])]
+        assert np.isclose(got["mask"].mean(), row["binary_area"], atol=1e-6)  # the mask the metrics used
+        assert abs(got["map"].mean() - row["area"]) < 2 / 255  # the map, at uint8 precision
+        assert (got["inpainted"][~got["mask"]] == image_of[r["image_index"]][~got["mask"]]).all()
+    size = sum(p.stat().st_size for t in ("example_images", "example_maps") for p in (tiny_run / t).glob("*.parquet"))
+    assert size < 200_000
+    out = write_report([tiny_run], tmp_path / "rep")
+    assert "figures/qualitative.png" in out["files"], out["notes"]
+
+
+def test_evaluator_takes_loaded_classifiers_and_methods(tiny_run, monkeypatch):
+    """Constructing an Evaluator loads, builds and trains nothing; ``prepare`` is the step that does."""
+    import torch
+
+    from salbench import runner
+    from salbench.methods import METHODS
+
+    resolved = runner.resolve(RunSpec(**{**SPEC, "methods": ["gradient", "cam", "centre", "casm"]}))
+    prepared = []
+    monkeypatch.setattr(METHODS.get("casm"), "prepare", lambda self, device, progress=True: prepared.append((self.name, device)))
+    classifiers, methods = runner.prepare(resolved, torch.device("cpu"), progress=False)
+    assert set(classifiers) == set(SPEC["models"]) and set(methods) == {"gradient", "cam", "centre", "casm"}
+    assert prepared == [("casm", torch.device("cpu"))]  # only the method that needs training
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Evaluator constructor loaded something")
+
+    monkeypatch.setattr(runner, "load_classifier", refuse)
+    monkeypatch.setattr(runner, "create_method", refuse)
+    ev = runner.Evaluator(resolved, classifiers, methods, torch.device("cpu"))
+    assert ("cam", "zoo:tiny-vit") in ev.not_applicable and ("gradient", "zoo:tiny-cnn") not in ev.not_applicable
+    with pytest.raises(ValueError, match="classifiers missing"):
+        runner.Evaluator(resolved, {"zoo:tiny-cnn": classifiers["zoo:tiny-cnn"]}, methods, torch.device("cpu"))
+
+
+def test_prepare_builds_a_missing_zoo_classifier_and_says_why(capsys):
+    import torch
+    from testutils import tiny_resnet_recipe
+
+    from salbench import runner, zoo
+
+    zoo.register_recipe(tiny_resnet_recipe("tiny-prepare", seed=5), replace=True)
+    assert not zoo.is_built("tiny-prepare")
+    resolved = runner.resolve(RunSpec(dataset="synthetic?n=4&size=32&classes=4", models=["zoo:tiny-prepare"], methods=["centre"]))
+    classifiers, _ = runner.prepare(resolved, torch.device("cpu"), progress=False)
+    assert zoo.is_built("tiny-prepare") and set(classifiers) == {"zoo:tiny-prepare"}
+    err = capsys.readouterr().err
+    assert "building zoo:tiny-prepare: not in the zoo cache" in err and "as source and eval classifier" in err
 
 
 def test_same_spec_same_tables_whatever_the_batch_size(tiny_run, tmp_path):
@@ -127,9 +194,10 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(tiny_run, tmp_
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "complete" and len(meta["resumed"]) >= 1
     for table, key in (("localization", ["source_model", "method", "image_id"]),
-                       ("agnosticism", ["source_model", "method", "eval_model", "variant", "image_id"])):
-        a = read_table(tiny_run, table).drop(columns=["run_id"]).sort_values(key).reset_index(drop=True)
-        b = read_table(out, table).drop(columns=["run_id"]).sort_values(key).reset_index(drop=True)
+                       ("agnosticism", ["source_model", "method", "eval_model", "variant", "image_id"]),
+                       ("example_images", ["image_index"]), ("example_maps", ["source_model", "method", "image_index"])):
+        a = read_table(tiny_run, table).drop(columns=["run_id"], errors="ignore").sort_values(key).reset_index(drop=True)
+        b = read_table(out, table).drop(columns=["run_id"], errors="ignore").sort_values(key).reset_index(drop=True)
         assert len(a) == len(b)
         assert not b.duplicated(key).any()
         cols = [c for c in a.columns if c != "box"]
@@ -207,6 +275,7 @@ def test_out_of_memory_splits_the_batch_and_writes_the_same_rows(tiny_run, tmp_p
     a = read_table(tiny_run, "localization").drop(columns=["run_id", "box"]).sort_values(key).reset_index(drop=True)
     b = read_table(out, "localization").drop(columns=["run_id", "box"]).sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b, atol=1e-5, rtol=0)
+    pd.testing.assert_frame_equal(read_table(tiny_run, "example_maps"), read_table(out, "example_maps"))  # same batches, same parts
 
 
 def test_per_dataset_method_defaults_are_applied_and_recorded():

@@ -103,7 +103,7 @@ def test_runner_records_the_training_spec_and_identical_maps_per_source(trained,
     zoo.register_recipe(TINY.replace(name="tiny-casm-m2", seed=1))
     rs = RunSpec(dataset="synthetic?seed=6&classes=4&size=32", methods=["casm-unit"], models=["zoo:tiny-casm-m", "zoo:tiny-casm-m2"],
                  limit=6, batch_size=6, inpaint="telea", device="cpu")
-    run_dir = run(rs, tmp_path / "run", progress=False, report=False)
+    run_dir = run(rs, tmp_path / "run", progress=False)
     cfg = read_run_json(run_dir)["spec"]["method_configs"]["casm-unit"]
     assert (cfg["params"]["thinning"], cfg["params"]["score"], cfg["params"]["share_encoder"], cfg["params"]["train_classes"]) == ("FL", "entropy", True, None)
     assert cfg["training"]["key"] == spec.key()
