@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from salbench.errors import UsageError, exit_codes
+from salbench.errors import SalbenchError, UsageError, exit_codes, one_line
 
 # Commands import what they need when they run, so that ``--help`` and argument errors answer at
 # once instead of after loading torch, timm and pandas.
@@ -108,7 +108,14 @@ def run(config_path, dataset, methods, exclude_methods, models, eval_models, lim
     if not distributed.is_main_process():  # under torchrun, rank 0 reports
         return
     click.echo(f"results: {run_dir}")
-    click.echo(write_report([run_dir], run_dir)["files"]["leaderboard.md"].read_text())
+    try:
+        board = write_report([run_dir], run_dir)["files"]["leaderboard.md"]
+    except UsageError:
+        raise
+    except Exception as exc:  # the tables are complete and intact; only the views are missing
+        raise SalbenchError(f"run {str(run_dir)!r} is complete, but writing its report failed ({one_line(exc)}); "
+                            f"`salbench report {run_dir}` writes it from the tables") from exc
+    click.echo(board.read_text())
 
 
 @main.group()

@@ -21,6 +21,7 @@ whose parts were truncated, altered or deleted afterwards (one line naming the b
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -254,6 +255,54 @@ def check_complete(run_dir: str | Path, tables: Iterable[str] = TABLES) -> None:
         if missing:
             raise UsageError(f"run {str(run_dir)!r} says complete but batch {missing[0]} has no completion marker "
                              f"({len(missing)} of {expected} batches missing); {resume}")
+
+
+class RunLock:
+    """One process at a time per run directory: an exclusive ``flock`` on ``<run>/.lock`` held for
+    the whole run, so a second ``salbench run`` on the same ``--out`` refuses with one line instead
+    of interleaving its rows (the kernel drops the lock when a process dies, even by SIGKILL)."""
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self._file = None
+        self._created = False
+
+    def acquire(self) -> None:
+        self._created = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.run_dir / self.NAME, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise UsageError(f"run directory {str(self.run_dir)!r} is in use by another salbench run (pid {holder}); "
+                             "wait for it to finish or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        """Drop the lock; a directory this lock created and nothing else wrote to is removed."""
+        if self._file is None:
+            return
+        try:
+            if self._created and not any(p.name != self.NAME for p in self.run_dir.iterdir()):
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def is_empty_run_dir(run_dir: Path) -> bool:
+    """No file but (possibly) a lock left by a process that died before writing anything."""
+    return not any(p.name != RunLock.NAME for p in run_dir.iterdir())
 
 
 def progress_info(run_dir: Path) -> list[dict[str, Any]]:

@@ -24,10 +24,7 @@ def load_errors(run_dir: Path) -> dict[str, Any]:
     A load-error row is a localisation row with an error and no ``source_correct``: the image
     never reached the source classifier (a method's error row has the clean prediction).
     """
-    try:
-        rows = read_table(run_dir, "localization", columns=["image_id", "error", "source_correct"])
-    except Exception:  # no table written (no completed batch)
-        return {"counts": {}, "images": []}
+    rows = read_table(run_dir, "localization", columns=["image_id", "error", "source_correct"])
     bad = rows[rows["error"].notna() & rows["source_correct"].isna()].drop_duplicates("image_id").sort_values("image_id")
     counts: dict[str, int] = {}
     for err in bad["error"]:

@@ -53,7 +53,7 @@ from salbench.metrics import MapContext, ScoreContext, agnosticism, binarize, bo
 from salbench.metrics.binarize import BINARIZERS
 from salbench.metrics.boxes import BOX_RULES
 from salbench.metrics.inpainting import INPAINTERS
-from salbench.results import RunWriter, atomic_write_json, progress_info, read_run_json, schema
+from salbench.results import RunLock, RunWriter, atomic_write_json, is_empty_run_dir, progress_info, read_run_json, schema
 from salbench.rng import image_seeds
 from salbench.run_outcome import RunFailed, all_failed, load_errors
 from salbench.weights import check_class_count, drop_background_class
@@ -502,7 +502,7 @@ def _choose_run_dir(resolved: ResolvedRun, out: str | Path | None, resume: bool,
     else:
         run_dir = default_run_dir(resolved, root)
     previous: dict[str, Any] | None = None
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and not is_empty_run_dir(run_dir):
         if not resume:
             raise UsageError(f"output directory {str(run_dir)!r} already exists; pass --resume to continue it or choose another --out")
         previous = read_run_json(run_dir)
@@ -528,78 +528,85 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
     if device.type == "cuda" and shard.world_size > 1:
         device = torch.device("cuda", shard.local_rank)
     choice: tuple[Any, ...]
+    lock: RunLock | None = None
     if shard.is_main:
         try:
             choice = (*_choose_run_dir(resolved, out, resume, Path(results_root)), None)
+            lock = RunLock(choice[0])
+            lock.acquire()
         except UsageError as exc:
-            choice = (None, None, str(exc))
+            choice, lock = (None, None, str(exc)), None
     else:
         choice = (None, None, None)
     run_dir, previous, error = distributed.broadcast(choice, shard)
     if error:
         distributed.shutdown(shard)
         raise UsageError(error)
-    run_dir = Path(run_dir)
-    if device.type == "cpu" and shard.world_size == 1:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    try:
+        run_dir = Path(run_dir)
+        if device.type == "cpu" and shard.world_size == 1:
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-    classifiers, methods = prepare(resolved, device, progress)
-    evaluator = Evaluator(resolved, classifiers, methods, device, open_map_cache(spec))
-    writer = RunWriter(run_dir)
-    n = resolved.config["num_images"]
-    all_batches = batches(n, spec.batch_size)
-    meta: dict[str, Any] = {}
-    if shard.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cleaned = writer.clean_partial()
+        classifiers, methods = prepare(resolved, device, progress)
+        evaluator = Evaluator(resolved, classifiers, methods, device, open_map_cache(spec))
+        writer = RunWriter(run_dir)
+        n = resolved.config["num_images"]
+        all_batches = batches(n, spec.batch_size)
+        meta: dict[str, Any] = {}
+        if shard.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cleaned = writer.clean_partial()
+            done = writer.completed()
+            meta = {
+                "run_id": resolved.run_id,
+                "hash": resolved.hash,
+                "spec": resolved.config,
+                "dataset": resolved.dataset.describe(),
+                "classifiers": {k: v.describe() for k, v in evaluator.classifiers.items()},
+                "not_applicable": [{"method": m, "model": s, "reason": why} for (m, s), why in sorted(evaluator.not_applicable.items())],
+                "versions": versions(),
+                "git_commit": git_commit(),
+                "device": device_name(device),
+                "world_size": shard.world_size,
+                "command": " ".join(sys.argv),
+                "status": "running",
+                "started": (previous or {}).get("started", started.isoformat()),
+                "resumed": ([*(previous or {}).get("resumed", []), {"at": started.isoformat(), "batches_done": len(done), "partial_files_removed": cleaned,
+                                                                       "batches_repaired": {str(u): why for u, why in writer.repaired.items()}}] if previous else []),
+                "num_batches": len(all_batches),
+            }
+            atomic_write_json(run_dir / "run.json", meta)
+        distributed.barrier(shard)
         done = writer.completed()
-        meta = {
-            "run_id": resolved.run_id,
-            "hash": resolved.hash,
-            "spec": resolved.config,
-            "dataset": resolved.dataset.describe(),
-            "classifiers": {k: v.describe() for k, v in evaluator.classifiers.items()},
-            "not_applicable": [{"method": m, "model": s, "reason": why} for (m, s), why in sorted(evaluator.not_applicable.items())],
-            "versions": versions(),
-            "git_commit": git_commit(),
-            "device": device_name(device),
-            "world_size": shard.world_size,
-            "command": " ".join(sys.argv),
-            "status": "running",
-            "started": (previous or {}).get("started", started.isoformat()),
-            "resumed": ([*(previous or {}).get("resumed", []), {"at": started.isoformat(), "batches_done": len(done), "partial_files_removed": cleaned,
-                                                                   "batches_repaired": {str(u): why for u, why in writer.repaired.items()}}] if previous else []),
-            "num_batches": len(all_batches),
-        }
-        atomic_write_json(run_dir / "run.json", meta)
-    distributed.barrier(shard)
-    done = writer.completed()
-    pending = [i for i in range(len(all_batches)) if i not in done and shard.owns(i)]
+        pending = [i for i in range(len(all_batches)) if i not in done and shard.owns(i)]
 
-    counts: dict[str, int] = {"maps": 0, "errors": 0}
-    loader = torch.utils.data.DataLoader(resolved.dataset, batch_sampler=[all_batches[i] for i in pending], collate_fn=collate, num_workers=spec.workers)
-    desc = f"salbench run {resolved.run_id}" + (f" [rank {shard.rank}/{shard.world_size}]" if shard.world_size > 1 else "")
-    bar = tqdm(zip(pending, loader), total=len(pending), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)
-    for unit, batch in bar:
-        before = dict(counts)
-        tables = evaluate_with_retry(evaluator, batch, counts)
-        writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, **{k: counts[k] - before.get(k, 0) for k in counts}})
-        bar.set_postfix(maps=counts["maps"], errors=counts["errors"])
-    distributed.barrier(shard)
-    failed = False
-    if shard.is_main:
-        totals: dict[str, int] = {}
-        for info in progress_info(run_dir):
-            for k, v in info.items():
-                if k not in ("unit", "rank"):
-                    totals[k] = totals.get(k, 0) + int(v)
-        # load errors listed in the dataset section; a run with no map at all failed
-        failed = all_failed(totals)
-        found = load_errors(run_dir)
-        meta["dataset"] = {**meta["dataset"], "load_errors": found["counts"], "load_error_images": found["images"]}
-        meta.update(status="failed" if failed else "complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
-        atomic_write_json(run_dir / "run.json", meta)
-    distributed.shutdown(shard)
-    if shard.is_main and failed:
-        raise RunFailed(f"every row of run {resolved.run_id} is an error ({totals.get('errors', 0)} map errors, {totals.get('load_errors', 0)} load errors, 0 maps); see the error column in {run_dir}")
-    return run_dir
+        counts: dict[str, int] = {"maps": 0, "errors": 0}
+        loader = torch.utils.data.DataLoader(resolved.dataset, batch_sampler=[all_batches[i] for i in pending], collate_fn=collate, num_workers=spec.workers)
+        desc = f"salbench run {resolved.run_id}" + (f" [rank {shard.rank}/{shard.world_size}]" if shard.world_size > 1 else "")
+        bar = tqdm(zip(pending, loader), total=len(pending), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)
+        for unit, batch in bar:
+            before = dict(counts)
+            tables = evaluate_with_retry(evaluator, batch, counts)
+            writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, **{k: counts[k] - before.get(k, 0) for k in counts}})
+            bar.set_postfix(maps=counts["maps"], errors=counts["errors"])
+        distributed.barrier(shard)
+        failed = False
+        if shard.is_main:
+            totals: dict[str, int] = {}
+            for info in progress_info(run_dir):
+                for k, v in info.items():
+                    if k not in ("unit", "rank"):
+                        totals[k] = totals.get(k, 0) + int(v)
+            # load errors listed in the dataset section; a run with no map at all failed
+            failed = all_failed(totals)
+            found = load_errors(run_dir)
+            meta["dataset"] = {**meta["dataset"], "load_errors": found["counts"], "load_error_images": found["images"]}
+            meta.update(status="failed" if failed else "complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
+            atomic_write_json(run_dir / "run.json", meta)
+        distributed.shutdown(shard)
+        if shard.is_main and failed:
+            raise RunFailed(f"every row of run {resolved.run_id} is an error ({totals.get('errors', 0)} map errors, {totals.get('load_errors', 0)} load errors, 0 maps); see the error column in {run_dir}")
+        return run_dir
+    finally:
+        if lock is not None:
+            lock.release()

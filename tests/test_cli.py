@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -93,3 +95,28 @@ def test_readme_test_command_is_what_ci_runs():
     assert test_cmd in ci
     main_cmd = next(b for b in blocks if "salbench run" in b)
     assert main_cmd.endswith("salbench run")
+
+
+@pytest.mark.slow
+def test_a_report_that_fails_after_a_complete_run_says_so_in_one_line(tmp_path, monkeypatch):
+    """Disk full while writing the report: exit 1, one line; the run's tables stay complete and readable."""
+    import errno
+
+    from salbench import report, zoo
+    from salbench.results import read_table
+    from testutils import tiny_resnet_recipe
+
+    zoo.register_recipe(tiny_resnet_recipe("cli-report-fail", seed=4), replace=True)
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "write_report", full_disk)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["run", "--dataset", "synthetic?n=4&size=32&classes=4", "--models", "zoo:cli-report-fail",
+                                    "--methods", "centre", "--batch-size", "4", "--out", "r", "--no-progress"])
+    assert res.exit_code == 1
+    assert "writing its report failed (OSError: [Errno 28] No space left on device)" in res.output
+    assert "salbench report r" in res.output and "Traceback" not in res.output
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "complete"
+    assert len(read_table(tmp_path / "r", "localization")) == 4

@@ -132,7 +132,8 @@ def test_runs_recompute_stale_changed_code_and_corrupt_entries(tmp_path):
         c = counts("code")
         assert c["maps_computed"] == 8 and c["maps_reused"] == 8
         # a truncated entry: recomputed, counted, same rows as the run that wrote it
-        entry = sorted((tmp_path / "maps").rglob("00000000-00000003-4.npz"))[0]
+        gradient_key = next(d for d in (tmp_path / "maps").iterdir() if json.loads((d / "key.json").read_text())["method"] == "gradient")
+        entry = gradient_key / "00000000-00000003-4.npz"
         entry.write_bytes(entry.read_bytes()[:50])
         c = counts("corrupt")
         assert c["maps_corrupt"] == 4 and c["maps_computed"] == 4

@@ -3,7 +3,9 @@ the Parquet tables, the leaderboard (Markdown, HTML, JSON) and ``salbench compar
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import shutil
 import sys
 import textwrap
@@ -14,7 +16,7 @@ import pytest
 
 from salbench.config import RunSpec
 from salbench.metrics import METRIC_REGISTRY, unregister_metric
-from salbench.results import read_table
+from salbench.results import read_table, table_bytes
 from testutils import tiny_resnet_recipe
 
 THROWAWAY = textwrap.dedent(
@@ -87,11 +89,16 @@ def test_a_metric_in_a_temporary_module_reaches_tables_leaderboard_and_compare(t
     assert "throwaway_peak" in means.columns
     b = tmp_path / "b"
     shutil.copytree(a, b)
-    for part in (b / "localization").glob("part-*.parquet"):
+    for part in (b / "localization").glob("part-*.parquet"):  # a deliberate edit, recorded in the batch marker
         t = pq.read_table(part)
         col = t.schema.get_field_index("throwaway_peak")
         t = t.set_column(col, t.schema.field(col), [np.where(t.column("method").to_numpy(zero_copy_only=False) == "centre", 0.0, 1.0).astype(np.float32)])
-        pq.write_table(t, part)
+        data = table_bytes(t)
+        part.write_bytes(data)
+        marker = b / "_progress" / f"{part.stem.removeprefix('part-')}.json"
+        info = json.loads(marker.read_text())
+        info["parts"]["localization"] = {"rows": t.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        marker.write_text(json.dumps(info))
     cmp = compare_runs(a, b)
     moved = [c for c in cmp.regressions if c.metric == "throwaway_peak"]
     assert moved and not [c for c in cmp.regressions if c.metric != "throwaway_peak"]

@@ -109,3 +109,22 @@ def test_resume_recomputes_a_truncated_part_and_ends_with_the_same_tables(tmp_pa
     assert meta["status"] == "complete"
     for t, df in before.items():
         pd.testing.assert_frame_equal(read_table(out, t), df)
+
+
+def test_run_lock_is_exclusive_and_leaves_no_empty_directory(tmp_path):
+    from salbench.results import RunLock
+
+    a = RunLock(tmp_path / "r")
+    a.acquire()
+    with pytest.raises(UsageError, match=r"in use by another salbench run \(pid \d+\)"):
+        RunLock(tmp_path / "r").acquire()
+    a.release()
+    assert not (tmp_path / "r").exists()  # created by the lock, nothing written: gone
+    b = RunLock(tmp_path / "r")
+    b.acquire()
+    (tmp_path / "r" / "run.json").write_text("{}")
+    b.release()
+    assert (tmp_path / "r" / "run.json").exists()
+    c = RunLock(tmp_path / "r")
+    c.acquire()  # free again
+    c.release()

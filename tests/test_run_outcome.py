@@ -64,13 +64,13 @@ def test_all_failed_rule():
 
 
 def test_load_errors_from_rows(tmp_path, monkeypatch):
-    import salbench.results
+    import salbench.run_outcome
 
     rows = pd.DataFrame({
         "image_id": ["b", "b", "a", "c", "d"],
         "error": ["corrupt image: b.jpg: OSError: truncated", "corrupt image: b.jpg: OSError: truncated", None, "RuntimeError: x", None],
         "source_correct": [None, None, True, False, True],
     })
-    monkeypatch.setattr(salbench.results, "read_table", lambda run_dir, name, columns=None: rows)
+    monkeypatch.setattr(salbench.run_outcome, "read_table", lambda run_dir, name, columns=None: rows)
     got = load_errors(tmp_path)
     assert got == {"counts": {"corrupt_image": 1}, "images": [{"image_id": "b", "error": "corrupt image: b.jpg: OSError: truncated"}]}

@@ -293,3 +293,48 @@ def test_per_dataset_method_defaults_are_applied_and_recorded():
     assert large.config["method_configs"]["rise"]["params"]["grid"] == 7
     assert large.config["method_configs"]["occlusion"]["params"]["window"] == 32
     assert small.hash != large.hash
+
+
+def test_two_runs_on_one_out_never_interleave(tiny_run, tmp_path):
+    """A second run on a busy --out refuses in one line (exit 2); the first finishes with every row."""
+    out = tmp_path / "busy"
+    go = tmp_path / "go"
+    script = tmp_path / "run.py"
+    held = textwrap.dedent(  # the first run holds its directory (after taking the lock) until the test says go
+        f"""
+        import time
+        from pathlib import Path
+        import salbench.runner as R
+        _prepare = R.prepare
+        def held(*a, **k):
+            deadline = time.time() + 120
+            while not Path({str(go)!r}).exists() and time.time() < deadline:
+                time.sleep(0.05)
+            return _prepare(*a, **k)
+        R.prepare = held
+        """
+    )
+    script.write_text(held + _run_script(out))
+    cli = tmp_path / "cli.py"
+    cli.write_text(TINY + "import sys\nfrom salbench.cli import main\nsys.exit(main())\n")
+    first = subprocess.Popen([sys.executable, str(script)], env=dict(os.environ))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / ".lock").exists():
+            time.sleep(0.02)
+        args = [sys.executable, str(cli), "run", "--dataset", SPEC["dataset"], "--models", ",".join(SPEC["models"]),
+                "--methods", ",".join(SPEC["methods"]), "--batch-size", str(SPEC["batch_size"]), "--device", "cpu", "--out", str(out),
+                "--no-progress"]
+        for extra in ([], ["--resume"]):
+            second = subprocess.run(args + extra, env=dict(os.environ), capture_output=True, text=True)
+            assert second.returncode == 2, second.stderr
+            lines = second.stderr.strip().splitlines()
+            assert len(lines) == 1 and "in use by another salbench run" in lines[0], lines
+    finally:
+        go.touch()
+    assert first.wait(timeout=300) == 0
+    for table, key in (("localization", ["source_model", "method", "image_id"]),
+                       ("agnosticism", ["source_model", "method", "eval_model", "variant", "image_id"])):
+        a = read_table(tiny_run, table).drop(columns=["run_id", "box"], errors="ignore").sort_values(key).reset_index(drop=True)
+        b = read_table(out, table).drop(columns=["run_id", "box"], errors="ignore").sort_values(key).reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b)
