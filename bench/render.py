@@ -88,14 +88,14 @@ class Table:
         out = [f"{'#' * level} {self.title}", "", self.caption, ""]
         for label, df in self.blocks:
             if len(self.blocks) > 1:
-                out += [f"**{label}**", ""]
+                out += [f"**{md_escape(label)}**", ""]
             out.append("| " + " | ".join(self.header(c) for c in self.columns) + " |")
             out.append("|" + "|".join("---" if c.kind == "text" else "---:" for c in self.columns) + "|")
             best = self._best(df)
             for i, row in df.iterrows():
                 cells = []
                 for c in self.columns:
-                    s = self._cell(row, c, True).replace("|", "\\|")
+                    s = md_escape(self._cell(row, c, True)) if c.kind == "text" else self._cell(row, c, True)
                     cells.append(f"**{s}**" if best.get((i, c.key)) and s != "–" else s)
                 out.append("| " + " | ".join(cells) + " |")
             out.append("")
@@ -156,6 +156,17 @@ class Table:
                             rec.append(v)
                 w.writerow(rec)
         return buf.getvalue()
+
+
+# Links, images, inline HTML, code spans, emphasis and table cells; not "_" (CommonMark never emphasises
+# inside a word: guided_backprop) nor "+", "#", "-" (they act only at the start of a line).
+_MD_SPECIAL = set("\\`*[]()<>|")
+
+
+def md_escape(s: str) -> str:
+    """Text from run directories and specs (paths, model and dataset names) as inert Markdown:
+    every character Markdown or inline HTML could act on is backslash-escaped, newlines become spaces."""
+    return "".join("\\" + ch if ch in _MD_SPECIAL else (" " if ch in "\r\n" else ch) for ch in str(s))
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",

@@ -46,7 +46,7 @@ from salbench.examples import EXAMPLE_COUNT
 from salbench.html_report import Page, esc, table_html
 from salbench.metrics.base import SHOWN_VARIANTS, localization_summaries, variant_scores, variant_summary
 from salbench.paper import mask_stats, table1, table2, table3
-from salbench.render import Col, Table
+from salbench.render import Col, Table, md_escape
 from salbench.results import atomic_write_bytes
 from salbench.tables import (
     Group,
@@ -136,7 +136,7 @@ def build_report(run_dirs: Sequence[str | Path], *, methods: Sequence[str] | Non
 
 # ----------------------------------------------------------------------------- Markdown
 def _runs_line(group: Group) -> str:
-    return ", ".join(f"`{r.run_id}` ({r.path})" for r in group.runs)
+    return ", ".join(f"{md_escape(r.run_id)} ({md_escape(r.path)})" for r in group.runs)
 
 
 def _explain(n_boot: int, alpha: float) -> str:
@@ -164,7 +164,7 @@ def leaderboard_markdown(rep: Report, *, n_boot: int = 1000, alpha: float = 0.05
     for g, board in zip(rep.groups, rep.boards):
         if len(rep.groups) > 1:
             out += [f"## Protocol {g.index}", ""]
-        out += [f"Protocol: {g.label}  ", f"Runs: {_runs_line(g)}", ""]
+        out += [f"Protocol: {md_escape(g.label)}  ", f"Runs: {_runs_line(g)}", ""]
         if board.empty:
             out += ["(no rows)", ""]
             continue
@@ -174,7 +174,7 @@ def leaderboard_markdown(rep: Report, *, n_boot: int = 1000, alpha: float = 0.05
     if rep.paired is not None and len(rep.paired):
         out += [paired_markdown(rep.paired, alpha)]
     if rep.notes:
-        out += ["## Notes", ""] + [f"- {n}" for n in rep.notes] + [""]
+        out += ["## Notes", ""] + [f"- {md_escape(n)}" for n in rep.notes] + [""]
     if files:
         out += ["## Files", ""] + [f"- [{k}]({v})" for k, v in files.items()] + [""]
     return "\n".join(out).rstrip() + "\n"

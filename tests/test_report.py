@@ -432,3 +432,20 @@ def test_report_of_default_size_run_is_fast(tmp_path):
     R.write_report([run], tmp_path / "rep", qualitative=False, paired=[("gradcam", "gradient")])
     elapsed = time.perf_counter() - t0
     assert elapsed < 30, f"report took {elapsed:.1f}s"
+
+
+def test_markdown_leaderboard_escapes_names_from_the_run(tmp_path):
+    """A run directory named like a link or HTML is shown as text in leaderboard.md (HTML is escaped too)."""
+    import shutil
+
+    from salbench.render import md_escape
+    from salbench.report import write_report
+    from test_report_fixtures import make_run
+
+    evil = tmp_path / "x](javascript:alert(1))<img src=q onerror=alert(2)>|"
+    src = make_run(tmp_path / "plain")
+    shutil.copytree(src, evil)
+    md = write_report([evil], tmp_path / "rep", qualitative=False)["files"]["leaderboard.md"].read_text()
+    assert "](javascript:" not in md and not re.search(r"(?<!\\)<img", md)
+    assert md_escape(str(evil)) in md
+    assert md_escape("a|b\nc*d") == "a\\|b c\\*d"
