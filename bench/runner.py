@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from salbench.methods import METHODS, SaliencyMethod, create_method
 from salbench.metrics import agnosticism, binarize, boxes, localization, statistics
 from salbench.results import RunWriter, atomic_write_json, read_run_json
 from salbench.rng import image_seeds
+from salbench.store import versions  # noqa: F401  (runner.versions: the store's provenance)
 from salbench.weights import check_class_count, drop_background_class
 
 DEFAULT_RESULTS = Path("results")
@@ -118,23 +118,6 @@ def latest_run_dir(resolved: ResolvedRun, root: Path = DEFAULT_RESULTS) -> Path 
     return hits[-1] if hits else None
 
 
-def versions() -> dict[str, str]:
-    import cv2
-    import skimage
-    import timm
-
-    return {
-        "salbench": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "scikit-image": skimage.__version__,
-        "pyarrow": pa.__version__,
-    }
-
-
 def git_commit() -> str | None:
     try:
         here = Path(__file__).resolve().parent
@@ -199,10 +182,9 @@ class Evaluator:
             m.seed = self.spec.seed
         self.map_cache = None
         if self.spec.map_cache:
-            from salbench.mapcache import MapCache
-            from salbench.zoo import zoo_home
+            from salbench.mapcache import MapCache, default_root
 
-            root = zoo_home().parent / "maps" if self.spec.map_cache == "auto" else Path(self.spec.map_cache)
+            root = default_root() if self.spec.map_cache == "auto" else Path(self.spec.map_cache)
             self.map_cache = MapCache(root, self.spec.map_precision)
         self.not_applicable: dict[tuple[str, str], str] = {}
         for src in resolved.models:

@@ -43,7 +43,6 @@ import hashlib
 import json
 import math
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -61,6 +60,7 @@ from torch import nn
 from salbench.device import device_name, resolve_device, resolve_dtype, synchronize
 from salbench.errors import NotApplicable, UsageError, close_matches
 from salbench.registry import is_pattern, split_list
+from salbench.store import versions  # noqa: F401  (throughput.versions: the store's provenance)
 
 THROUGHPUT_FILE = "throughput.parquet"
 KINDS = ("method", "pipeline", "forward_backward_baseline", "peer")
@@ -193,28 +193,6 @@ def method_params(name: str, image_size: int) -> dict[str, Any]:
     cls = METHODS.get(name)
     defaults_for = getattr(cls, "defaults_for", None)
     return dict(defaults_for((image_size, image_size))) if defaults_for else {}
-
-
-def versions() -> dict[str, str]:
-    from salbench.runner import versions as run_versions
-
-    v = dict(run_versions())
-    if torch.cuda.is_available():
-        v["cuda"] = str(torch.version.cuda)
-        v["cudnn"] = str(torch.backends.cudnn.version())
-    for mod, key in (("captum", "captum"), ("pytorch_grad_cam", "grad-cam")):
-        if mod in sys.modules:
-            v[key] = _dist_version(key)
-    return v
-
-
-def _dist_version(dist: str) -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(dist)
-    except Exception:  # pragma: no cover - metadata missing
-        return "unknown"
 
 
 # --------------------------------------------------------------------------- timing and memory

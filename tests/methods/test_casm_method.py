@@ -9,6 +9,7 @@ from salbench import casm as C
 from salbench import zoo
 from salbench.errors import NotApplicable, UsageError
 from salbench.methods import METHODS, create_method
+from salbench.methods.casm import register_cached_maskers
 from testutils import tiny_resnet_recipe
 
 TINY = tiny_resnet_recipe("tiny-casm-m", seed=6)
@@ -79,7 +80,7 @@ def test_checkpoint_param_gives_unit_range_maps_at_image_size(trained):
 
 def test_named_masker_is_registered_and_matches_its_checkpoint(trained):
     d, spec = trained
-    C.register_cached()
+    register_cached_maskers()
     assert "casm-unit" in METHODS
     named = create_method("casm-unit")
     assert named.masker_dir() == d  # located by the hash of its Params' spec: no retraining
@@ -99,7 +100,7 @@ def test_runner_records_the_training_spec_and_identical_maps_per_source(trained,
     from salbench.runner import run
 
     d, spec = trained
-    C.register_cached()
+    register_cached_maskers()
     zoo.register_recipe(TINY.replace(name="tiny-casm-m2", seed=1))
     rs = RunSpec(dataset="synthetic?seed=6&classes=4&size=32", methods=["casm-unit"], models=["zoo:tiny-casm-m", "zoo:tiny-casm-m2"],
                  limit=6, batch_size=6, inpaint="telea", device="cpu")
