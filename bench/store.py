@@ -36,6 +36,11 @@ import torch
 
 from salbench import __version__
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: locks degrade to no-ops
+    fcntl = None
+
 KINDS = ("zoo", "casm", "maps")
 
 
@@ -61,9 +66,7 @@ def lock(kind: str, name: str) -> Iterator[None]:
     """
     lock_dir = path(kind) / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl  # POSIX only: the lock degrades to a no-op elsewhere
-    except ImportError:  # pragma: no cover - Windows
+    if fcntl is None:  # pragma: no cover - Windows
         yield
         return
     with open(lock_dir / f"{name}.lock", "a+") as f:

@@ -149,8 +149,8 @@ class CasmMethod(SaliencyMethod):
             d = C.masker_dir(spec)
             if not C.is_complete(d):
                 raise MaskerNotTrained(
-                    f"{self.name}: masker {spec.name!r} is not trained (no {d}); call the method's prepare() first "
-                    f"(salbench run does) or train it with `salbench train casm --name {spec.name}`"
+                    f"{self.name}: masker {spec.name!r} is not trained (no {d}); call the method's prepare() before asking "
+                    "for maps (salbench run prepares every method that needs training), or train it with `salbench train casm`"
                 )
         key = (str(d.resolve()), str(torch.device(device)))
         with _LOAD_LOCK:

@@ -129,3 +129,29 @@ def test_cli_train_group(trained):
                                "--thinning", "FL", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "method casm-unit" in res.output and "thinning FL" in res.output
+
+
+def test_attribute_never_trains_prepare_does(tmp_path, monkeypatch, capsys):
+    """Computing maps never starts a training run: without a cached masker ``attribute`` raises,
+    ``prepare`` trains it (one logged step) and the maps follow. Ordinary methods' prepare is a no-op."""
+    from salbench.methods.casm import MaskerNotTrained, _method_class
+    from testutils import make_classifier
+
+    monkeypatch.setenv("SALBENCH_HOME", str(tmp_path))
+    zoo.register_recipe(TINY)
+    spec = C.CasmSpec(name="prep", classifier="zoo:tiny-casm-m", init="scratch", dataset="synthetic?seed=6&classes=4&size=32",
+                      train_images=64, batch_size=8, steps=2, val_images=16, decoder_channels=4, thinning="L")
+    method = _method_class("casm-prep", spec, "a masker trained in prepare")()
+    clf = make_classifier("test_resnet", num_classes=4, size=32)
+    x, t = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    with pytest.raises(MaskerNotTrained, match=r"not trained.*prepare\(\)"):
+        method(clf, x, t)
+    assert not C.is_trained(spec) and not (tmp_path / "casm" / ".work").exists()
+    method.prepare(torch.device("cpu"), progress=False)
+    assert "casm: training masker 'prep' (not cached)" in capsys.readouterr().err
+    assert C.is_trained(spec)
+    maps = method(clf, x, t)
+    assert maps.shape == (2, 32, 32) and 0 <= maps.min() and maps.max() <= 1
+    method.prepare(torch.device("cpu"), progress=False)  # cached: loads, no second training
+    assert "training masker" not in capsys.readouterr().err
+    assert create_method("centre").prepare(torch.device("cpu")) is None
