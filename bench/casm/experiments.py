@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import pathlib
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from salbench.casm.checkpoints import read_meta
 from salbench.casm.data import synthetic_config
 from salbench.casm.spec import SCORES, THINNINGS, CasmSpec, method_name
 from salbench.casm.summaries import summarize_run, write_summary
@@ -139,7 +139,7 @@ def run_ablation(
         spec = base.replace(name=ablation_name(score, share, thinning, steps), score=score, share_encoder=share, thinning=thinning, steps=steps, lambda_r=base.lambda_r)
         t0 = time.perf_counter()
         d = train(spec, progress=progress)
-        meta = json.loads((d / "meta.json").read_text())
+        meta = read_meta(d)
         register_cached_maskers()
         names.append(method_name(spec.name))
         info[method_name(spec.name)] = {"S": "E" if score == "entropy" else "C", "SHR": "yes" if share else "no", "THIN": thinning,
