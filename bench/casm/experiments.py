@@ -40,7 +40,6 @@ from salbench.store import atomic_write_bytes
 from salbench.tables import bootstrap_many
 
 
-@torch.no_grad()
 def twin_coverage(
     methods: Sequence[str],
     *,
@@ -51,16 +50,21 @@ def twin_coverage(
     batch_size: int = 100,
     dataset: str = "synthetic?variant=twin",
     n_boot: int = 1000,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """On the twin variant: how often the binary mask covers both copies (each copy's box hit by
     the binary mask on at least ``min_cover`` of its area), one copy, or none; ``both_pixels``: the
-    same test on each copy's object pixels instead of its box (objects fill only part of a box)."""
+    same test on each copy's object pixels instead of its box (objects fill only part of a box).
+    Each method is prepared first (a CASM masker that is not cached is trained then, on the CPU).
+    No ``torch.no_grad`` around it all: loading a zoo classifier may train it, and methods set
+    their own grad mode (maps come back detached)."""
     spec = dataset if "n=" in dataset else f"{dataset}{'&' if '?' in dataset else '?'}n={n}"
     ds = build_dataset(spec)
     clf = load_classifier(source_model)
     out = []
     for name in methods:
         method = create_method(name)
+        method.prepare(torch.device("cpu"), progress=progress)
         both, one, cover, area, both_px = [], [], [], [], []
         for s in range(0, len(ds), batch_size):
             batch = collate([ds[i] for i in range(s, min(len(ds), s + batch_size))])

@@ -155,3 +155,15 @@ def test_attribute_never_trains_prepare_does(tmp_path, monkeypatch, capsys):
     method.prepare(torch.device("cpu"), progress=False)  # cached: loads, no second training
     assert "training masker" not in capsys.readouterr().err
     assert create_method("centre").prepare(torch.device("cpu")) is None
+
+
+def test_twin_coverage_runs_on_a_cached_masker(trained):
+    """The twin experiment (above the runner) prepares each method, then scores both copies."""
+    from salbench.casm.experiments import twin_coverage
+
+    register_cached_maskers()
+    rows = twin_coverage(["casm-unit", "centre"], n=8, source_model="zoo:tiny-casm-m", dataset="synthetic?variant=twin&seed=6&classes=4&size=32",
+                         batch_size=4, n_boot=50, progress=False)
+    assert [r["method"] for r in rows] == ["casm-unit", "centre"]
+    for r in rows:
+        assert r["images"] == 8 and 0 <= r["both"] <= 100 and abs(r["both"] + r["one"] + r["none"] - 100) < 1e-6
