@@ -6,21 +6,27 @@
     salbench train unseen    [--seen 8,5,2] [--steps N] [--limit N]  # Table 3: LE on seen vs unseen classes
     salbench train twin      [--methods casm,casm-baseline] [--limit N]
     salbench train summary   RUN_DIR [--methods ...]                 # LE/F1/agnosticism with bootstrap CIs
+
+Every command imports the training and evaluation machinery (torch, timm, the runner) in its body:
+this module is imported by ``salbench.cli`` on every invocation, and ``salbench --help`` or a bad
+argument must not pay seconds of imports.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from salbench.errors import UsageError
+from salbench.registry import split_list
 
 
 def _ints(value: str | None) -> tuple[int, ...] | None:
-    from salbench.casm import parse_classes
+    from salbench.casm.spec import class_tuple  # see the module docstring: deferred heavy imports
 
-    return parse_classes(value)
+    return class_tuple(value)
 
 
 def _spec_options(fn):
@@ -45,9 +51,7 @@ def _spec_options(fn):
 
 
 def _base_spec(threads=None, **kw):
-    import os
-
-    from salbench.casm import CasmSpec
+    from salbench.casm.spec import CasmSpec
 
     if threads is not None:  # read by salbench.casm.default_threads() for every training below
         if threads < 1:
@@ -77,17 +81,17 @@ def train() -> None:
 def train_casm(name, thinning, score, share_encoder, steps, train_classes, checkpoint_every, force, device, workers, no_progress, **common):
     """Train (or resume, or reuse) one masker; prints its directory and method name."""
     from salbench import casm
+    from salbench.device import resolve_device
+    from salbench.methods.casm import register_cached_maskers
 
     name = name or ("baseline" if thinning == "F" else "casm")
     spec = _base_spec(**common, name=name, thinning=thinning, score=score, share_encoder=share_encoder, steps=steps,
                       train_classes=_ints(train_classes), checkpoint_every=checkpoint_every)
     if workers < 0:
         raise UsageError(f"--workers {workers}: expected 0 or a positive number of processes")
-    from salbench.device import resolve_device
-
     d = casm.train(spec, force=force, progress=not no_progress, device=resolve_device(device), workers=workers)
     meta = casm.read_meta(d)
-    casm.register_cached()
+    register_cached_maskers()
     click.echo(f"method {meta['method']}: {d}")
     click.echo(f"  thinning {spec.thinning}, score {spec.score}, {'shared' if spec.share_encoder else 'separate'} encoder, lambda_R {spec.lam:g}, {spec.steps} steps")
     # train_time_s covers every step, those before a resume included (it is carried in the checkpoint)
@@ -123,13 +127,12 @@ def _bools(value: str | None) -> list[bool] | None:
 @_spec_options
 def train_ablation(steps, full, scores, share, thinnings, models, eval_models, limit, out, no_progress, **common):
     """Table 2: train a masker per (score, encoder sharing, thinning) and tabulate LE, F1, inpainted top-1."""
-    from salbench import casm
-    from salbench.registry import split_list
+    from salbench.casm import experiments, parse_thinning
 
     for t in split_list(thinnings) if thinnings else []:
-        casm.parse_thinning(t)
-    settings = casm.ablation_settings(full, split_list(scores) or None if scores else None, _bools(share), split_list(thinnings) if thinnings else None)
-    run_dir, rows = casm.run_ablation(steps=steps, settings=settings, base=_base_spec(**common), limit=limit, models=models,
+        parse_thinning(t)
+    settings = experiments.ablation_settings(full, split_list(scores) or None if scores else None, _bools(share), split_list(thinnings) if thinnings else None)
+    run_dir, rows = experiments.run_ablation(steps=steps, settings=settings, base=_base_spec(**common), limit=limit, models=models,
                                       eval_models=eval_models, out=out, progress=not no_progress)
     click.echo((Path(run_dir) / "ablation.md").read_text())
     click.echo(f"written: {run_dir}/ablation.md, ablation.csv")
@@ -145,13 +148,13 @@ def train_ablation(steps, full, scores, share, thinnings, models, eval_models, l
 @_spec_options
 def train_unseen(seen, thinning, steps, models, limit, out, no_progress, **common):
     """Table 3: train on a subset of classes, report LE on seen and on unseen classes."""
-    from salbench import casm
+    from salbench.casm import experiments
 
     try:
         ks = tuple(int(v) for v in seen.split(",") if v.strip())
     except ValueError:
         raise UsageError(f"--seen {seen!r}: expected comma-separated class counts, e.g. 8,5,2") from None
-    run_dir, _ = casm.run_unseen(seen=ks, steps=steps, base=_base_spec(**common, thinning=thinning), limit=limit, models=models,
+    run_dir, _ = experiments.run_unseen(seen=ks, steps=steps, base=_base_spec(**common, thinning=thinning), limit=limit, models=models,
                                  out=out, progress=not no_progress)
     click.echo((Path(run_dir) / "unseen.md").read_text())
     click.echo(f"written: {run_dir}/unseen.md, unseen.csv")
@@ -165,11 +168,11 @@ def train_unseen(seen, thinning, steps, models, limit, out, no_progress, **commo
 @click.option("--binarize", default="mean_area", show_default=True)
 def train_twin(methods, models, limit, min_cover, binarize):
     """Twin variant: how often each method's binary mask covers both copies of the object."""
-    from salbench import casm
+    from salbench.casm import experiments
     from salbench.methods import METHODS
 
     names = METHODS.select(methods)
-    rows = casm.twin_coverage(names, n=limit, source_model=models, min_cover=min_cover, binarize=binarize)
+    rows = experiments.twin_coverage(names, n=limit, source_model=models, min_cover=min_cover, binarize=binarize)
     click.echo("| method | both copies % (boxes) | one copy % | none % | both copies % (object pixels) | mean box cover | mask area | images |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         lo, hi = r["both_ci"]
@@ -184,20 +187,19 @@ def train_twin(methods, models, limit, min_cover, binarize):
 @click.option("--diff", help="A,B: paired differences A - B per variant, with paired bootstrap CIs.")
 def train_summary(run_dir, methods, source_model, eval_models, diff):
     """LE, F1 and cross-classifier masked-in/out/inpainted top-1 with bootstrap 95% CIs."""
-    from salbench import casm
-    from salbench.registry import split_list
+    from salbench.casm import summaries
 
-    rows = casm.summarize_run(run_dir, split_list(methods) or None, source_model=source_model, eval_models=split_list(eval_models) or None)
+    rows = summaries.summarize_run(run_dir, split_list(methods) or None, source_model=source_model, eval_models=split_list(eval_models) or None)
     if not rows:
         raise UsageError(f"{run_dir}: no localisation rows for the requested methods")
     click.echo(f"source {rows[0]['source_model']}, eval {', '.join(rows[0]['eval_models'])}")
-    click.echo(casm.format_summary(rows))
+    click.echo(summaries.format_summary(rows))
     if diff:
         pair = split_list(diff)
         if len(pair) != 2:
             raise UsageError(f"--diff {diff!r}: expected two methods, A,B")
         for variant in ("masked_in", "masked_out", "inpainted"):
-            d, (lo, hi) = casm.paired_difference(run_dir, pair[0], pair[1], variant, source_model=source_model, eval_models=split_list(eval_models) or None)
+            d, (lo, hi) = summaries.paired_difference(run_dir, pair[0], pair[1], variant, source_model=source_model, eval_models=split_list(eval_models) or None)
             click.echo(f"{variant:<11} top-1 {pair[0]} - {pair[1]}: {d:+.1f} points [{lo:+.1f}, {hi:+.1f}] (paired bootstrap 95% CI)")
 
 

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from salbench import store
 from salbench.errors import UsageError
-from salbench.results import atomic_write_bytes
+from salbench.store import atomic_write_bytes
 
 PRECISIONS = ("float32", "float16", "uint8")
 
@@ -51,6 +52,11 @@ def quantize(maps: torch.Tensor, precision: str) -> torch.Tensor:
     if precision == "float16":
         return maps.half().float()
     return maps
+
+
+def default_root() -> Path:
+    """Where ``map_cache: auto`` keeps maps: ``$SALBENCH_HOME/maps``."""
+    return store.path("maps")
 
 
 def map_key(fields: dict[str, Any]) -> str:

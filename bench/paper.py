@@ -7,7 +7,6 @@ thinning, read from run.json method configs), ``table3`` (LE on seen vs unseen c
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ import pandas as pd
 
 from salbench.render import Col, Table
 from salbench.tables import Group, _loc_ok, _measured_rows, _scale, summarize
+from salbench.util import parse_classes
 
 def _blocks(boards: Sequence[tuple[Group, pd.DataFrame]], select) -> list[tuple[str, pd.DataFrame]]:
     out = []
@@ -72,33 +72,6 @@ def table2(boards: Sequence[tuple[Group, pd.DataFrame]]) -> Table:
             Col("om", "OM (%)", "om", ci=True), Col("le", "LE (%)", "le", ci=True), Col("f1", "F1 (%)", "f1", ci=True)]
     return Table("table2", "Table 2: CASM ablation", "CASM maskers by score function (entropy / classification), encoder sharing "
                  "and classifier-pool thinning (F, L, FL, L100, L1000).", cols, _blocks(boards, select))
-
-
-def parse_classes(v: Any) -> set[int] | None:
-    """A trained class subset: list of ints, or a string '0,1,5' / '0+1+5' / '0-4,7'; None when absent/all."""
-    if v is None or v == "" or v == "all":
-        return None
-    if isinstance(v, (list, tuple, set)):
-        try:
-            return {int(x) for x in v} or None
-        except (TypeError, ValueError):
-            return None
-    if isinstance(v, str):
-        out: set[int] = set()
-        for part in v.replace(" ", "").replace("+", ",").split(","):
-            if not part:
-                continue
-            if re.fullmatch(r"\d+-\d+", part):
-                a, b = map(int, part.split("-"))
-                out.update(range(a, b + 1))
-            elif part.isdigit():
-                out.add(int(part))
-            else:
-                return None
-        return out or None
-    if isinstance(v, int):
-        return {v}
-    return None
 
 
 def table3_frame(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:

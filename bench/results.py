@@ -20,15 +20,12 @@ whose parts were truncated, altered or deleted afterwards (one line naming the b
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import shutil
-import tempfile
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,7 @@ import pyarrow.parquet as pq
 from salbench.errors import UsageError
 from salbench.metrics.base import TABLES as METRIC_TABLES
 from salbench.metrics.base import table_schema
+from salbench.store import atomic_directory, atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported: results.atomic_* keep working)
 
 #: Tables a batch writes only when it has rows for them (``salbench.examples``).
 SPARSE_TABLES = ("example_images", "example_maps")
@@ -90,50 +88,6 @@ def __getattr__(attr: str) -> Any:
     if attr == "SCHEMAS":
         return {t: schema(t) for t in TABLES}
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Fill a fresh folder beside ``final`` (yielded), then swap it in with one rename.
-
-    A ``final`` that exists (a forced rebuild, or a broken leftover) is moved aside first and
-    deleted after the swap, so readers see the old folder or the new one, never a partial one.
-    If the body raises, the temporary folder is deleted and ``final`` is left as it was.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
-    try:
-        yield tmp
-        old = None
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{os.getpid()}-{time.time_ns()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 def atomic_write_table(path: Path, table: pa.Table, compression_level: int | None = None) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -33,11 +32,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
-import skimage
-import timm
 import torch
 from tqdm.auto import tqdm
 
@@ -47,7 +43,7 @@ from salbench.config import RunSpec, spec_hash
 from salbench.datasets import SaliencyDataset, build_dataset, collate
 from salbench.device import device_name, resolve_device, resolve_dtype
 from salbench.errors import NotApplicable, UsageError
-from salbench.mapcache import MapCache, code_digest, images_digest, map_key, quantize
+from salbench.mapcache import MapCache, code_digest, default_root, images_digest, map_key, quantize
 from salbench.methods import METHODS, SaliencyMethod, create_method
 from salbench.metrics import MapContext, ScoreContext, agnosticism, binarize, boxes, metrics_for
 from salbench.metrics.binarize import BINARIZERS
@@ -56,6 +52,7 @@ from salbench.metrics.inpainting import INPAINTERS
 from salbench.results import RunLock, RunWriter, atomic_write_json, is_empty_run_dir, progress_info, read_run_json, schema
 from salbench.rng import image_seeds
 from salbench.run_outcome import RunFailed, all_failed, load_errors
+from salbench.store import versions  # noqa: F401  (runner.versions: the store's provenance)
 from salbench.weights import check_class_count, drop_background_class
 
 DEFAULT_RESULTS = Path("results")
@@ -134,19 +131,6 @@ def latest_run_dir(resolved: ResolvedRun, root: Path = DEFAULT_RESULTS) -> Path 
         return None
     hits = sorted(p for p in root.iterdir() if p.is_dir() and f"-{resolved.run_id}-" in p.name and (p / "run.json").is_file())
     return hits[-1] if hits else None
-
-
-def versions() -> dict[str, str]:
-    return {
-        "salbench": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "scikit-image": skimage.__version__,
-        "pyarrow": pa.__version__,
-    }
 
 
 def git_commit() -> str | None:
@@ -252,7 +236,7 @@ def open_map_cache(spec: RunSpec) -> MapCache | None:
     """The saliency-map cache a spec asks for (``map_cache``: a folder, or "auto"), or None."""
     if not spec.map_cache:
         return None
-    root = zoo.zoo_home().parent / "maps" if spec.map_cache == "auto" else Path(spec.map_cache)
+    root = default_root() if spec.map_cache == "auto" else Path(spec.map_cache)
     return MapCache(root, spec.map_precision)
 
 

@@ -46,7 +46,6 @@ import gc
 import hashlib
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -61,6 +60,7 @@ from salbench.metrics.binarize import BINARIZERS
 from salbench.metrics.boxes import BOX_RULES
 from salbench.metrics.inpainting import INPAINTERS
 from salbench.methods import create_method
+from salbench.store import versions  # noqa: F401  (throughput.versions: the store's provenance)
 
 # The measurement's parts, re-exported: ``salbench.throughput`` is the one import for users.
 from salbench.inpainting_comparison import InpaintComparison, half_masks, inpainting_comparison
@@ -81,26 +81,6 @@ from salbench.throughput_table import CONFIG_KEY, KINDS, THROUGHPUT_FILE, THROUG
 from salbench.timing import MemoryProbe, Timing, interleaved_times, ratio_of_medians, time_callable
 
 
-def versions() -> dict[str, str]:
-    from salbench.runner import versions as run_versions
-
-    v = dict(run_versions())
-    if torch.cuda.is_available():
-        v["cuda"] = str(torch.version.cuda)
-        v["cudnn"] = str(torch.backends.cudnn.version())
-    for mod, key in (("captum", "captum"), ("pytorch_grad_cam", "grad-cam")):
-        if mod in sys.modules:
-            v[key] = _dist_version(key)
-    return v
-
-
-def _dist_version(dist: str) -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(dist)
-    except Exception:  # pragma: no cover - metadata missing
-        return "unknown"
 
 
 def _free(device: torch.device, collect: bool = False) -> None:

@@ -5,8 +5,7 @@ num_classes=K, **model_kwargs)`` followed by optional named post-hoc modificatio
 ``MODIFICATIONS``), trained by a fixed, seeded recipe (``ZooRecipe``) on images rendered by
 ``salbench.datasets.synthetic``. Classifier specs name them ``zoo:<name>``.
 
-Cache layout, under ``zoo_home()`` (``$SALBENCH_HOME/zoo``, default
-``platformdirs.user_cache_dir("salbench")/zoo``)::
+Cache layout, under ``zoo_home()`` = ``salbench.store.path("zoo")`` (``$SALBENCH_HOME/zoo``)::
 
     <name>-<recipe key>/model.safetensors   the weights (strict state dict of create_model(recipe))
     <name>-<recipe key>/meta.json           recipe, data spec, val top-1, timings, preprocessing
@@ -31,16 +30,16 @@ so CAM-family methods get a usable resolution; the ViT uses 8x8 patches (an 8x8 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import pathlib
-import platform
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -49,11 +48,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
+from salbench import store
 from salbench.datasets.synthetic import SyntheticConfig, SyntheticDataset, render
 from salbench.errors import UsageError
 from salbench.registry import Registry
+from salbench.util import freeze, jsonable
 
 #: Bumped when the training code changes in a way that changes the weights a recipe gives.
 ZOO_FORMAT = 1
@@ -79,27 +82,6 @@ MODIFICATIONS: dict[str, Callable[[nn.Module], None]] = {"no_maxpool": _no_maxpo
 
 # ----------------------------------------------------------------------------------------------
 # Recipes
-
-
-def _freeze(value: Any) -> Any:
-    """Lists -> tuples, recursively (JSON round trips turn tuples into lists; timm wants tuples)."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, Mapping):
-        return {str(k): _freeze(v) for k, v in value.items()}
-    return value
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    return value
 
 
 @dataclass(frozen=True)
@@ -147,7 +129,7 @@ class ZooRecipe:
     min_val_top1: float = MIN_VAL_TOP1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "model_kwargs", _freeze(dict(self.model_kwargs)))
+        object.__setattr__(self, "model_kwargs", freeze(dict(self.model_kwargs)))
         object.__setattr__(self, "modifications", tuple(self.modifications))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
@@ -172,7 +154,7 @@ class ZooRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (the data config as a nested dict)."""
-        return _jsonable(self)
+        return jsonable(self)
 
     def key(self) -> str:
         """12 hex digits hashing every field and the zoo format version."""
@@ -292,13 +274,8 @@ def _vit() -> ZooRecipe:
 
 
 def zoo_home() -> pathlib.Path:
-    """``$SALBENCH_HOME/zoo`` (default: ``platformdirs.user_cache_dir("salbench")/zoo``)."""
-    root = os.environ.get("SALBENCH_HOME")
-    if not root:
-        import platformdirs
-
-        root = platformdirs.user_cache_dir("salbench")
-    return pathlib.Path(root).expanduser() / "zoo"
+    """The zoo's folder in the store: ``$SALBENCH_HOME/zoo``."""
+    return store.path("zoo")
 
 
 def zoo_dir(recipe: ZooRecipe | str) -> pathlib.Path:
@@ -317,10 +294,25 @@ def is_built(name: str) -> bool:
     return _complete(zoo_dir(get_recipe(name)))
 
 
-def _create(arch: str, model_kwargs: Mapping[str, Any], modifications: Iterable[str], num_classes: int) -> nn.Module:
-    import timm
+#: ``timm.create_model`` arguments that load files or fetch weights: never taken from a meta.json
+#: (``checkpoint_path`` would ``torch.load`` an arbitrary file with pickle enabled).
+LOADER_ARGUMENTS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir"})
 
-    model = timm.create_model(arch, pretrained=False, num_classes=int(num_classes), **_freeze(dict(model_kwargs)))
+
+def create_architecture(arch: str, model_kwargs: Mapping[str, Any], modifications: Iterable[str], num_classes: int) -> nn.Module:
+    """An untrained timm model rebuilt from recorded metadata (a recipe, or a cached meta.json).
+
+    ``model_kwargs`` may only shape the architecture: arguments that load files or weights
+    (``LOADER_ARGUMENTS``) are refused, since a cached meta.json is data, not trusted code.
+    """
+    if not isinstance(arch, str) or not isinstance(model_kwargs, Mapping):
+        raise UsageError(f"bad model metadata: arch={arch!r} must be a string and model_kwargs a mapping")
+    bad = sorted(set(map(str, model_kwargs)) & LOADER_ARGUMENTS)
+    if bad:
+        raise UsageError(f"model metadata for {arch!r} passes {bad} to timm.create_model: refused (architecture arguments only)")
+    import timm  # seconds to import: deferred so that commands which build no model never pay for it
+
+    model = timm.create_model(arch, pretrained=False, num_classes=int(num_classes), **freeze(dict(model_kwargs)))
     for mod in modifications:
         try:
             MODIFICATIONS[mod](model)
@@ -333,7 +325,7 @@ def create_model(recipe: ZooRecipe | str) -> nn.Module:
     """The recipe's architecture, untrained (timm model + post-hoc modifications), in train mode."""
     if isinstance(recipe, str):
         recipe = get_recipe(recipe)
-    return _create(recipe.arch, recipe.model_kwargs, recipe.modifications, recipe.num_classes)
+    return create_architecture(recipe.arch, recipe.model_kwargs, recipe.modifications, recipe.num_classes)
 
 
 def _set_data_config(model: nn.Module, meta: Mapping[str, Any]) -> None:
@@ -371,8 +363,6 @@ def _render_range(cfg: SyntheticConfig, split: str, start: int, stop: int) -> tu
 def _render(cfg: SyntheticConfig, split: str, n: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Images ``0..n-1`` of a split as uint8 NxHxWx3 (identical to ``SyntheticDataset.arrays``),
     rendered in worker processes when the platform forks cheaply."""
-    from tqdm.auto import tqdm
-
     workers = min(os.cpu_count() or 1, 8)
     chunk = 500
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
@@ -381,9 +371,6 @@ def _render(cfg: SyntheticConfig, split: str, n: int, progress: bool) -> tuple[n
     bar = tqdm(total=n, desc=f"zoo: render {split} x{n}", disable=not progress, leave=False, unit="img")
     pool = None
     if workers > 1 and n >= 2 * chunk and sys.platform.startswith("linux"):
-        import concurrent.futures
-        import multiprocessing
-
         with contextlib.suppress(Exception):
             pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     try:
@@ -402,18 +389,6 @@ def _render(cfg: SyntheticConfig, split: str, n: int, progress: bool) -> tuple[n
             pool.shutdown()
         bar.close()
     return imgs, labels
-
-
-def _atomic_save(path: pathlib.Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _cached_split(cfg: SyntheticConfig, split: str, n: int) -> tuple[pathlib.Path, pathlib.Path] | None:
@@ -436,8 +411,8 @@ def _render_split(cfg: SyntheticConfig, split: str, n: int, progress: bool) -> t
     data_dir.mkdir(parents=True, exist_ok=True)
     imgs, labels = _render(cfg, split, n, progress)
     stem = f"synthetic-{cfg.key()}-{split}-{n}"
-    _atomic_save(data_dir / f"{stem}-labels.npy", labels)  # labels first: images mark completeness
-    _atomic_save(data_dir / f"{stem}.npy", imgs)
+    store.atomic_save_npy(data_dir / f"{stem}-labels.npy", labels)  # labels first: images mark completeness
+    store.atomic_save_npy(data_dir / f"{stem}.npy", imgs)
     return imgs, labels
 
 
@@ -490,8 +465,6 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, mean: Ite
 
 
 def _train(recipe: ZooRecipe, images: np.ndarray, labels: np.ndarray, progress: bool) -> tuple[nn.Module, dict[str, Any]]:
-    from tqdm.auto import tqdm
-
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     model = create_model(recipe)
@@ -557,40 +530,14 @@ def _train(recipe: ZooRecipe, images: np.ndarray, labels: np.ndarray, progress: 
 # Build / load
 
 
-@contextlib.contextmanager
-def _lock(recipe: ZooRecipe):
-    """An exclusive per-model file lock (no-op where ``fcntl`` is missing)."""
-    lock_dir = zoo_home() / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(lock_dir / f"{recipe.name}-{recipe.key()}.lock", "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def _read_meta(d: pathlib.Path) -> dict[str, Any]:
     with open(d / "meta.json") as f:
         return json.load(f)
 
 
-def _versions() -> dict[str, str]:
-    import timm
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__}
-
-
 def _build_one(recipe: ZooRecipe, force: bool, progress: bool) -> dict[str, Any]:
-    from safetensors.torch import save_file
-
     final = zoo_dir(recipe)
-    with _lock(recipe):
+    with store.lock("zoo", f"{recipe.name}-{recipe.key()}"):
         if _complete(final) and not force:
             return _read_meta(final)
         t_start = time.perf_counter()
@@ -613,12 +560,12 @@ def _build_one(recipe: ZooRecipe, force: bool, progress: bool) -> dict[str, Any]
             "arch": recipe.arch,
             "family": type(model).__module__.rsplit(".", 1)[-1],
             "model_class": type(model).__name__,
-            "model_kwargs": _jsonable(recipe.model_kwargs),
+            "model_kwargs": jsonable(recipe.model_kwargs),
             "modifications": list(recipe.modifications),
             "num_params": sum(p.numel() for p in model.parameters()),
             "feature_shape": list(feats.shape[1:]),
             "data": {
-                "synthetic": _jsonable(cfg),
+                "synthetic": jsonable(cfg),
                 "synthetic_key": cfg.key(),
                 "train_spec": train_ds.spec,
                 "val_spec": val_ds.spec,
@@ -642,12 +589,10 @@ def _build_one(recipe: ZooRecipe, force: bool, progress: bool) -> dict[str, Any]
             "input_size": [3, cfg.size, cfg.size],
             "interpolation": recipe.interpolation,
             "crop_pct": 1.0,
-            "versions": _versions(),
+            "versions": store.versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        from salbench.results import atomic_directory
-
-        with atomic_directory(final) as tmp:  # force, or a broken leftover: replaced in one rename
+        with store.atomic_directory(final) as tmp:  # force, or a broken leftover: replaced in one rename
             state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
             save_file(state, str(tmp / "model.safetensors"), metadata={"name": recipe.name, "recipe_key": recipe.key(), "arch": recipe.arch})
             with open(tmp / "meta.json", "w") as f:
@@ -687,10 +632,8 @@ def load(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict
     d = zoo_dir(recipe)
     if not _complete(d):
         build([recipe.name])
-    from safetensors.torch import load_file
-
     meta = _read_meta(d)
-    model = _create(meta["arch"], meta["model_kwargs"], meta.get("modifications", ()), meta["num_classes"])
+    model = create_architecture(meta["arch"], meta["model_kwargs"], meta.get("modifications", ()), meta["num_classes"])
     model.load_state_dict(load_file(str(d / "model.safetensors"), device="cpu"), strict=True)
     _set_data_config(model, meta)
     if not meta.get("passed", True):
@@ -704,6 +647,7 @@ __all__ = [
     "ZOO",
     "ZooRecipe",
     "build",
+    "create_architecture",
     "create_model",
     "evaluate",
     "get_recipe",

@@ -83,7 +83,12 @@ class SaliencyMethod:
             classifier.features_spec()
 
     def prepare(self, device: torch.device, progress: bool = True) -> None:
-        """Train or load what the method needs before its first map (methods with ``needs_training``)."""
+        """Make the method ready to run on ``device`` before any map is asked for.
+
+        A no-op for ordinary methods. Methods that ``needs_training`` (CASM maskers) train or load
+        what they need here, in one explicit step the runner calls before a run, so that calling
+        the method never starts hidden work.
+        """
 
     # -- the hook ---------------------------------------------------------------
     def attribute(self, classifier: Classifier, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,12 @@ Registered here:
 Each method's ``Params`` carry its training spec (``classifier``, ``dataset``, ``score``,
 ``share_encoder``, ``thinning``, ``train_classes``, ``steps``, ``lambda_r``, ``seed``), so the run's
 ``method_configs`` in run.json record what the masker was trained with. The masker is looked up in
-the cache by the hash of that spec (``$SALBENCH_HOME/casm/<name>-<key>``) and trained on first use
-(a tqdm bar; a few minutes on a 2-core CPU for the default pair), then reused. Changing a spec
-parameter in a run spec (``method_params: {casm: {thinning: L}}``) trains and caches that masker.
+the cache by the hash of that spec (``$SALBENCH_HOME/casm/<name>-<key>``). Training is one explicit
+step, ``prepare(device, progress)``, which the runner calls before a run for every method that
+``needs_training``: it trains a missing masker (a log line and a tqdm bar; a few minutes on a 2-core
+CPU for the default pair), caches it, and loads it. Computing maps never trains: ``attribute``
+raises ``MaskerNotTrained`` when the masker is not in the cache. Changing a spec parameter in a run
+spec (``method_params: {casm: {thinning: L}}``) makes ``prepare`` train and cache that masker.
 ``checkpoint=PATH`` uses a masker directory directly; its spec then comes from its meta.json (spec
 parameters given alongside must agree with it).
 
@@ -32,15 +35,16 @@ was trained at (e.g. ImageNet classifiers at 224 with the synthetic 64x64 masker
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
+import sys
 import threading
 from typing import Any, ClassVar
 
 import torch
 
 from salbench import casm as C
-from salbench.errors import NotApplicable, UsageError
+from salbench import zoo
+from salbench.errors import NotApplicable, SalbenchError, UsageError
 from salbench.methods.base import METHODS, Capabilities, SaliencyMethod
 
 #: Spec fields a method's Params carry (everything else comes from the method's base spec).
@@ -50,6 +54,10 @@ _CAPS = Capabilities(needs_training=True, classifier_dependent=False, batchable=
 _LOADED: dict[tuple[str, str], tuple[C.Masker, dict]] = {}
 _LOAD_LOCK = threading.Lock()
 _INPUT_SIZE: dict[str, tuple[int, int]] = {}
+
+
+class MaskerNotTrained(SalbenchError):
+    """A CASM method was asked for maps before its masker was trained (``prepare`` trains it)."""
 
 
 def _make_params(base: C.CasmSpec) -> type:
@@ -63,7 +71,7 @@ def _make_params(base: C.CasmSpec) -> type:
 
     def __post_init__(self) -> None:
         try:
-            object.__setattr__(self, "train_classes", C.parse_classes(self.train_classes))
+            object.__setattr__(self, "train_classes", C.class_tuple(self.train_classes))
         except UsageError as exc:
             raise ValueError(str(exc)) from None
         object.__setattr__(self, "share_encoder", bool(self.share_encoder))
@@ -112,11 +120,27 @@ class CasmMethod(SaliencyMethod):
 
     def masker_dir(self) -> pathlib.Path:
         if self.params.checkpoint is not None:
-            return C._resolve_checkpoint(self.params.checkpoint)
+            return C.resolve_checkpoint(self.params.checkpoint)
         return C.masker_dir(self.training_spec())
 
-    def masker(self, device: torch.device | str = "cpu", progress: bool = True) -> tuple[C.Masker, dict]:
-        """The trained masker on ``device`` (trained and cached on first use) and its meta."""
+    def prepare(self, device: torch.device, progress: bool = True) -> None:
+        """Train the masker if it is not cached (logged, with a progress bar), then load it on ``device``.
+
+        Training runs on the CPU whatever ``device`` is: the cache key does not name a device, so the
+        cached weights must not depend on which machine trained them first (``salbench train casm
+        --device cuda`` is the explicit way to train on a GPU).
+        """
+        if self.params.checkpoint is None:
+            spec = self.training_spec()
+            if not C.is_trained(spec):
+                print(f"casm: training masker {spec.name!r} (not cached) for method {self.name!r}: {spec.steps} steps, thinning "
+                      f"{spec.thinning}, score {spec.score}, classifier {spec.classifier} -> {C.masker_dir(spec)}", file=sys.stderr, flush=True)
+                C.train(spec, progress=progress)
+                register_cached_maskers()
+        self.masker(device)
+
+    def masker(self, device: torch.device | str = "cpu") -> tuple[C.Masker, dict]:
+        """The trained masker on ``device`` and its meta, loaded from the cache (never trained here)."""
         if self.params.checkpoint is not None:
             self._checkpoint_meta()
             d = self.masker_dir()
@@ -124,8 +148,10 @@ class CasmMethod(SaliencyMethod):
             spec = self.training_spec()
             d = C.masker_dir(spec)
             if not C.is_complete(d):
-                d = C.train(spec, progress=progress)
-                C.register_cached()
+                raise MaskerNotTrained(
+                    f"{self.name}: masker {spec.name!r} is not trained (no {d}); call the method's prepare() before asking "
+                    "for maps (salbench run prepares every method that needs training), or train it with `salbench train casm`"
+                )
         key = (str(d.resolve()), str(torch.device(device)))
         with _LOAD_LOCK:
             if key not in _LOADED:
@@ -139,15 +165,13 @@ class CasmMethod(SaliencyMethod):
         spec = self.training_spec()
         d = C.masker_dir(spec)
         if C.is_complete(d):
-            return tuple(json.loads((d / "meta.json").read_text())["input_size"][-2:])  # type: ignore[return-value]
+            return tuple(C.read_meta(d)["input_size"][-2:])  # type: ignore[return-value]
         if spec.classifier not in _INPUT_SIZE:
             if spec.classifier.startswith("zoo:"):
-                from salbench import zoo
-
                 size = zoo.get_recipe(spec.classifier).data.size
                 _INPUT_SIZE[spec.classifier] = (size, size)
             else:
-                import timm
+                import timm  # seconds to import: only a masker of a timm classifier that is not trained yet needs it
 
                 cfg = timm.data.resolve_data_config({}, model=timm.create_model(spec.classifier, pretrained=False))
                 _INPUT_SIZE[spec.classifier] = tuple(int(v) for v in cfg["input_size"][-2:])  # type: ignore[assignment]
@@ -217,7 +241,7 @@ def register_cached_maskers() -> list[str]:
         if name in C.DEFAULT_NAMES:
             continue
         try:
-            spec = C.CasmSpec.from_dict(json.loads((d / "meta.json").read_text())["spec"])
+            spec = C.CasmSpec.from_dict(C.read_meta(d)["spec"])
         except (OSError, ValueError, KeyError, TypeError, UsageError):
             continue
         m = register_masker(name, spec)
@@ -230,6 +254,6 @@ def register_cached_maskers() -> list[str]:
 CASM_DEFAULT = C.CasmSpec(name="casm", thinning="L100")
 BASELINE_DEFAULT = C.CasmSpec(name="baseline", thinning="F")
 
-register_masker("casm", CASM_DEFAULT, "CASM: classifier-agnostic masker (thinning L100, entropy, shared encoder), trained on first use")
+register_masker("casm", CASM_DEFAULT, "CASM: classifier-agnostic masker (thinning L100, entropy, shared encoder), trained before the first run")
 register_masker("baseline", BASELINE_DEFAULT, "CASM baseline: the same masker trained classifier-dependently (thinning F)")
 register_cached_maskers()

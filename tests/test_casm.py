@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -241,3 +242,69 @@ def test_spec_key_covers_training_fields():
                                               {"lambda_r": 7.0}, {"steps": 5}, {"train_classes": (0, 1)}, {"seed": 1})}
     assert len(keys) == 7 and s.key() not in keys
     assert s.replace(lambda_r=s.lam).key() == s.key()  # None means the default lambda
+
+
+# ----------------------------------------------------------------------------------------------
+# Untrusted files in the cache: loaded as data, never as code
+
+
+class _Payload:
+    """Pickles to a call that writes ``marker``: what a planted file would run on an unsafe load."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (pathlib.Path.write_text, (pathlib.Path(self.marker), "payload ran"))
+
+
+def test_planted_resume_checkpoint_is_refused_and_never_executed(home):
+    """A pickle payload planted as ``.work/<name>-<key>/state.pt``: training refuses the file with a
+    clear error (it does not silently start over) and the payload never runs."""
+    from salbench.casm.checkpoints import CheckpointError, work_dir
+
+    spec = tiny_spec(name="planted")
+    state = work_dir(spec) / "state.pt"
+    state.parent.mkdir(parents=True)
+    marker = home / "marker"
+    torch.save({"key": spec.key(), "trainer": _Payload(marker), "train_time_s": 0.0}, state)
+    torch.load(state, weights_only=False)  # the payload is live: an unrestricted load runs it
+    assert marker.read_text() == "payload ran"
+    marker.unlink()
+    with pytest.raises(CheckpointError, match=r"refusing to resume.*not a salbench training state"):
+        C.train(spec, progress=False)
+    assert not marker.exists()
+    assert not C.is_trained(spec) and state.is_file()  # nothing trained, the file left for the user to inspect
+    # a well-formed state of another shape (or another masker's key) is refused too
+    torch.save({"key": "0" * 12, "trainer": {}, "train_time_s": 0.0}, state)
+    with pytest.raises(CheckpointError, match="belongs to masker key"):
+        C.train(spec, progress=False)
+    torch.save({"key": spec.key(), "trainer": {"step": 1}, "train_time_s": 0.0}, state)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        C.train(spec, progress=False)
+    assert C.train(spec, progress=False, force=True) == C.masker_dir(spec)  # --force starts from step 0
+
+
+def test_masker_meta_is_checked_before_it_builds_a_model(home, tmp_path):
+    """meta.json is data: a field of the wrong type, or timm arguments that load files (a
+    ``checkpoint_path`` to a pickle payload), are refused before any model is built."""
+    init = C.build_classifier("zoo:tiny-casm", "scratch")
+    trainer = C.CasmTrainer.from_init(tiny_spec(), init, fill=(0.5, 0.5, 0.5))
+    d = C.write_masker(tmp_path / "export", trainer.masker, {"name": "export", **trainer.masker_meta()})
+    meta = json.loads((d / "meta.json").read_text())
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": _Payload(marker)}, evil)
+    (d / "meta.json").write_text(json.dumps({**meta, "model_kwargs": {**meta["model_kwargs"], "checkpoint_path": str(evil)}}))
+    with pytest.raises(UsageError, match="checkpoint_path"):
+        C.load_masker(d)
+    assert not marker.exists()
+    (d / "meta.json").write_text(json.dumps({**meta, "input_size": "3x32x32"}))
+    with pytest.raises(C.CheckpointError, match="input_size"):
+        C.load_masker(d)
+    (d / "meta.json").write_text("[not, json")
+    with pytest.raises(C.CheckpointError, match="unreadable"):
+        C.read_meta(d)
+    (d / "meta.json").write_text(json.dumps(meta))
+    masker, _ = C.load_masker(d)
+    assert masker.input_size == (32, 32)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from salbench import casm as C
-from salbench.casm_data import ImageFolderTrainData, random_resized_crop
+from salbench.casm.data import ImageFolderTrainData, random_resized_crop
 from salbench.datasets.imagenet import imagenet_synsets
 from salbench.errors import UsageError
 

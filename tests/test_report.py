@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from salbench import report as R
-from salbench import paper as P
+from salbench import util as U
 from salbench import tables as T
 from salbench.errors import UsageError
 from salbench.metrics import bootstrap_ci
@@ -281,10 +281,10 @@ def test_table3_seen_vs_unseen(casm_run, tmp_path):
 
 
 def test_parse_classes():
-    assert P.parse_classes([3, 1]) == {1, 3}
-    assert P.parse_classes("0-2,5") == {0, 1, 2, 5}
-    assert P.parse_classes("0+1") == {0, 1}
-    assert P.parse_classes(None) is None and P.parse_classes("all") is None
+    assert U.parse_classes([3, 1]) == {1, 3}
+    assert U.parse_classes("0-2,5") == {0, 1, 2, 5}
+    assert U.parse_classes("0+1") == {0, 1}
+    assert U.parse_classes(None) is None and U.parse_classes("all") is None
 
 
 # ----------------------------------------------------------------------------- HTML

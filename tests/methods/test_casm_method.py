@@ -9,6 +9,7 @@ from salbench import casm as C
 from salbench import zoo
 from salbench.errors import NotApplicable, UsageError
 from salbench.methods import METHODS, create_method
+from salbench.methods.casm import register_cached_maskers
 from testutils import tiny_resnet_recipe
 
 TINY = tiny_resnet_recipe("tiny-casm-m", seed=6)
@@ -79,7 +80,7 @@ def test_checkpoint_param_gives_unit_range_maps_at_image_size(trained):
 
 def test_named_masker_is_registered_and_matches_its_checkpoint(trained):
     d, spec = trained
-    C.register_cached()
+    register_cached_maskers()
     assert "casm-unit" in METHODS
     named = create_method("casm-unit")
     assert named.masker_dir() == d  # located by the hash of its Params' spec: no retraining
@@ -99,7 +100,7 @@ def test_runner_records_the_training_spec_and_identical_maps_per_source(trained,
     from salbench.runner import run
 
     d, spec = trained
-    C.register_cached()
+    register_cached_maskers()
     zoo.register_recipe(TINY.replace(name="tiny-casm-m2", seed=1))
     rs = RunSpec(dataset="synthetic?seed=6&classes=4&size=32", methods=["casm-unit"], models=["zoo:tiny-casm-m", "zoo:tiny-casm-m2"],
                  limit=6, batch_size=6, inpaint="telea", device="cpu")
@@ -128,3 +129,41 @@ def test_cli_train_group(trained):
                                "--thinning", "FL", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "method casm-unit" in res.output and "thinning FL" in res.output
+
+
+def test_attribute_never_trains_prepare_does(tmp_path, monkeypatch, capsys):
+    """Computing maps never starts a training run: without a cached masker ``attribute`` raises,
+    ``prepare`` trains it (one logged step) and the maps follow. Ordinary methods' prepare is a no-op."""
+    from salbench.methods.casm import MaskerNotTrained, _method_class
+    from testutils import make_classifier
+
+    monkeypatch.setenv("SALBENCH_HOME", str(tmp_path))
+    zoo.register_recipe(TINY)
+    spec = C.CasmSpec(name="prep", classifier="zoo:tiny-casm-m", init="scratch", dataset="synthetic?seed=6&classes=4&size=32",
+                      train_images=64, batch_size=8, steps=2, val_images=16, decoder_channels=4, thinning="L")
+    method = _method_class("casm-prep", spec, "a masker trained in prepare")()
+    clf = make_classifier("test_resnet", num_classes=4, size=32)
+    x, t = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    with pytest.raises(MaskerNotTrained, match=r"not trained.*prepare\(\)"):
+        method(clf, x, t)
+    assert not C.is_trained(spec) and not (tmp_path / "casm" / ".work").exists()
+    method.prepare(torch.device("cpu"), progress=False)
+    assert "casm: training masker 'prep' (not cached)" in capsys.readouterr().err
+    assert C.is_trained(spec)
+    maps = method(clf, x, t)
+    assert maps.shape == (2, 32, 32) and 0 <= maps.min() and maps.max() <= 1
+    method.prepare(torch.device("cpu"), progress=False)  # cached: loads, no second training
+    assert "training masker" not in capsys.readouterr().err
+    assert create_method("centre").prepare(torch.device("cpu")) is None
+
+
+def test_twin_coverage_runs_on_a_cached_masker(trained):
+    """The twin experiment (above the runner) prepares each method, then scores both copies."""
+    from salbench.casm.experiments import twin_coverage
+
+    register_cached_maskers()
+    rows = twin_coverage(["casm-unit", "centre"], n=8, source_model="zoo:tiny-casm-m", dataset="synthetic?variant=twin&seed=6&classes=4&size=32",
+                         batch_size=4, n_boot=50, progress=False)
+    assert [r["method"] for r in rows] == ["casm-unit", "centre"]
+    for r in rows:
+        assert r["images"] == 8 and 0 <= r["both"] <= 100 and abs(r["both"] + r["one"] + r["none"] - 100) < 1e-6

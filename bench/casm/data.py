@@ -32,8 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+from salbench.datasets import build_dataset
+from salbench.datasets.imagenet import imagenet_synsets, synset_index
+from salbench.datasets.synthetic import SyntheticConfig, SyntheticDataset
 from salbench.errors import UsageError
+from salbench.zoo import split_arrays
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 FOLDER_SCHEME = "imagenet-train"
@@ -112,8 +117,6 @@ class ImageFolderTrainData:
 
     def __init__(self, root: str | os.PathLike, size: int, fill: Sequence[float], *, train_images: int = 0, classes: Sequence[int] | None = None,
                  seed: int = 0):
-        from salbench.datasets.imagenet import imagenet_synsets, synset_index
-
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise UsageError(f"{FOLDER_SCHEME}:{root}: not a directory (expected a training folder with one subfolder per synset)")
@@ -146,8 +149,6 @@ class ImageFolderTrainData:
 
     def load(self, i: int, rng: np.random.Generator) -> np.ndarray:
         """Image ``i`` cropped, flipped and resized to size x size, uint8 H x W x 3."""
-        from PIL import Image
-
         try:
             with Image.open(self.paths[i]) as im:
                 im = im.convert("RGB")
@@ -205,11 +206,8 @@ def training_data(spec, init, progress: bool = False):
     return _synthetic_data(spec, progress)
 
 
-def synthetic_config(dataset: str):
+def synthetic_config(dataset: str) -> SyntheticConfig:
     """The ``SyntheticConfig`` of a synthetic dataset spec (training reads its ``train`` split)."""
-    from salbench.datasets import build_dataset
-    from salbench.datasets.synthetic import SyntheticDataset
-
     ds = build_dataset(dataset)
     if not isinstance(ds, SyntheticDataset):
         raise UsageError(f"casm training data {dataset!r}: expected a synthetic spec or {FOLDER_SCHEME}:<ImageNet train folder>")
@@ -219,8 +217,6 @@ def synthetic_config(dataset: str):
 def _synthetic_data(spec, progress: bool) -> SyntheticTrainData:
     """The first ``train_images`` of the synthetic train split (shared with the zoo's cached
     renders), restricted to ``train_classes`` by filtering the labels (no re-render)."""
-    from salbench.zoo import split_arrays
-
     cfg = synthetic_config(spec.dataset)
     if spec.train_images < spec.batch_size:
         raise UsageError(f"casm {spec.name!r}: train_images={spec.train_images} on synthetic data, expected at least batch_size={spec.batch_size}")
