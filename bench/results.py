@@ -24,7 +24,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -221,10 +220,11 @@ class RunLock:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self._file = None
-        self._created = False
+        self._created: list[Path] = []
 
     def acquire(self) -> None:
-        self._created = not self.run_dir.exists()
+        # the folders this lock creates (run directory first), removed again if nothing is written
+        self._created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         f = open(self.run_dir / self.NAME, "a+")
         try:
@@ -246,8 +246,13 @@ class RunLock:
         if self._file is None:
             return
         try:
-            if self._created and not any(p.name != self.NAME for p in self.run_dir.iterdir()):
-                shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self._created and is_empty_run_dir(self.run_dir):
+                (self.run_dir / self.NAME).unlink(missing_ok=True)
+                for folder in self._created:  # innermost first; stops at one another process wrote to
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
         finally:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()

@@ -114,12 +114,12 @@ def test_resume_recomputes_a_truncated_part_and_ends_with_the_same_tables(tmp_pa
 def test_run_lock_is_exclusive_and_leaves_no_empty_directory(tmp_path):
     from salbench.results import RunLock
 
-    a = RunLock(tmp_path / "r")
+    a = RunLock(tmp_path / "results" / "r")
     a.acquire()
     with pytest.raises(UsageError, match=r"in use by another salbench run \(pid \d+\)"):
-        RunLock(tmp_path / "r").acquire()
+        RunLock(tmp_path / "results" / "r").acquire()
     a.release()
-    assert not (tmp_path / "r").exists()  # created by the lock, nothing written: gone
+    assert not (tmp_path / "results").exists()  # created by the lock (parents too), nothing written: gone
     b = RunLock(tmp_path / "r")
     b.acquire()
     (tmp_path / "r" / "run.json").write_text("{}")
