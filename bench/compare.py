@@ -191,7 +191,8 @@ def compare_metrics(old: Path, new: Path, tol: float, out: Comparison) -> None:
             if math.isnan(va) and math.isnan(vb):
                 continue
             if math.isnan(va) or math.isnan(vb):
-                out.changes.append(Change(table, key, col, va, vb, math.nan, "pp", tol, True, "missing in NEW" if math.isnan(vb) else "new value"))
+                # a value that disappeared is a regression; a metric the baseline did not measure yet is not
+                out.changes.append(Change(table, key, col, va, vb, math.nan, "pp", tol, math.isnan(vb), "missing in NEW" if math.isnan(vb) else "new metric"))
                 continue
             d = vb - va
             out.changes.append(Change(table, key, col, va, vb, d, "pp", tol, abs(d) > tol + 1e-9, _direction(col, d)))

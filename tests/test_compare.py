@@ -186,3 +186,32 @@ def test_nothing_in_common_exits_2(tmp_path):
     write_throughput(b, other)
     res = _cli(a, b)
     assert res.exit_code == 2 and "nothing to compare" in res.output and "NVIDIA H100" in res.output
+
+
+def test_a_metric_new_in_new_is_reported_not_a_regression_and_a_vanished_one_is(tmp_path):
+    """Adding a metric must not fail the gate against an older baseline; losing one must."""
+    import pyarrow.parquet as pq
+
+    from salbench.results import table_bytes
+
+    a = make_run(tmp_path / "a")
+    b = make_run(tmp_path / "b")
+    part = a / "localization" / "part-00000.parquet"
+    t = pq.read_table(part)
+    t = t.drop_columns(["mask_energy"]) if "mask_energy" in t.column_names else t
+    t = t.set_column(t.schema.get_field_index("f1"), "f1", pa.nulls(len(t), pa.float32()))  # OLD never measured f1
+    data = table_bytes(t)
+    part.write_bytes(data)
+    import hashlib
+    import json
+
+    marker = a / "_progress" / "00000.json"
+    info = json.loads(marker.read_text())
+    info["parts"]["localization"] = {"rows": t.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    marker.write_text(json.dumps(info))
+    cmp = compare_runs(a, b)
+    new = [c for c in cmp.changes if c.metric == "f1"]
+    assert new and all(c.verdict == "new metric" and not c.regressed for c in new)
+    assert cmp.ok
+    back = compare_runs(b, a)
+    assert not back.ok and any(c.metric == "f1" and c.verdict == "missing in NEW" for c in back.regressions)
