@@ -15,7 +15,14 @@ import torch
 
 @dataclass
 class Sample:
-    """One image. ``image`` is float32 3xHxW in [0,1]; ``boxes`` is (n, 4) float32."""
+    """One image. ``image`` is float32 3xHxW in [0,1]; ``boxes`` is (n, 4) float32.
+
+    ``unclipped_boxes`` (optional, (m, 4) float32): the ground-truth boxes mapped to the image as
+    the official CASM code maps them, *before* any clipping to the crop and without dropping boxes
+    that fall outside it, truncated toward zero like its ``int()`` (file-backed datasets; the
+    synthetic set's boxes, which are never clipped). Only the ``casm`` metric reads them; every
+    other metric uses ``boxes``. None where the dataset cannot know them.
+    """
 
     index: int
     id: str
@@ -24,6 +31,7 @@ class Sample:
     boxes: torch.Tensor
     gt_mask: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    unclipped_boxes: torch.Tensor | None = None
 
 
 @dataclass
@@ -31,7 +39,9 @@ class Batch:
     """A collated batch, ready to move to the device.
 
     ``boxes`` is padded to the largest box count in the batch: B x K x 4, with ``box_valid``
-    (B x K bool) marking the real ones.
+    (B x K bool) marking the real ones. ``unclipped_boxes`` / ``unclipped_valid`` (B x K' x 4 and
+    B x K', padded the same way) are the samples' ``unclipped_boxes`` when every sample has them,
+    else None.
     """
 
     index: torch.Tensor
@@ -42,6 +52,8 @@ class Batch:
     box_valid: torch.Tensor
     gt_masks: torch.Tensor | None = None
     errors: list[str | None] | None = None  # per image: why it could not be loaded (an error row)
+    unclipped_boxes: torch.Tensor | None = None
+    unclipped_valid: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -55,6 +67,8 @@ class Batch:
             boxes=self.boxes.to(device),
             box_valid=self.box_valid.to(device),
             gt_masks=None if self.gt_masks is None else self.gt_masks.to(device),
+            unclipped_boxes=None if self.unclipped_boxes is None else self.unclipped_boxes.to(device),
+            unclipped_valid=None if self.unclipped_valid is None else self.unclipped_valid.to(device),
         )
 
     def select(self, keep: torch.Tensor | list[int]) -> "Batch":
@@ -69,20 +83,31 @@ class Batch:
             box_valid=self.box_valid[idx.to(self.box_valid.device)],
             gt_masks=None if self.gt_masks is None else self.gt_masks[idx.to(self.gt_masks.device)],
             errors=None if self.errors is None else [self.errors[i] for i in idx.tolist()],
+            unclipped_boxes=None if self.unclipped_boxes is None else self.unclipped_boxes[idx.to(self.unclipped_boxes.device)],
+            unclipped_valid=None if self.unclipped_valid is None else self.unclipped_valid[idx.to(self.unclipped_valid.device)],
         )
+
+
+def pad_boxes(lists: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image (n_i, 4) box lists -> (B x K x 4 float32 zero-padded, B x K bool validity), K >= 1."""
+    k = max(1, max(int(b.shape[0]) for b in lists))
+    boxes = torch.zeros(len(lists), k, 4, dtype=torch.float32)
+    valid = torch.zeros(len(lists), k, dtype=torch.bool)
+    for i, b in enumerate(lists):
+        n = int(b.shape[0])
+        boxes[i, :n] = b
+        valid[i, :n] = True
+    return boxes, valid
 
 
 def collate(samples: list[Sample]) -> Batch:
     """Stack samples; pad box lists. All images in a batch must share one size."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
-    k = max(1, max(int(s.boxes.shape[0]) for s in samples))
-    boxes = torch.zeros(len(samples), k, 4, dtype=torch.float32)
-    valid = torch.zeros(len(samples), k, dtype=torch.bool)
-    for i, s in enumerate(samples):
-        n = int(s.boxes.shape[0])
-        boxes[i, :n] = s.boxes
-        valid[i, :n] = True
+    boxes, valid = pad_boxes([s.boxes for s in samples])
+    unclipped = unclipped_valid = None
+    if all(s.unclipped_boxes is not None for s in samples):
+        unclipped, unclipped_valid = pad_boxes([s.unclipped_boxes for s in samples])  # type: ignore[misc]
     masks = None
     if all(s.gt_mask is not None for s in samples):
         masks = torch.stack([s.gt_mask for s in samples])  # type: ignore[misc]
@@ -95,6 +120,8 @@ def collate(samples: list[Sample]) -> Batch:
         box_valid=valid,
         gt_masks=masks,
         errors=[s.meta.get("error") for s in samples] if any(s.meta.get("error") for s in samples) else None,
+        unclipped_boxes=unclipped,
+        unclipped_valid=unclipped_valid,
     )
 
 

@@ -26,10 +26,18 @@ mapped with the same per-axis scale and offset as the pixels: ``x' = x * new_w /
 on disk is a resized copy of the annotated image (annotation ``size`` != file size), ``new_w``
 and ``new_h`` come from the file, so the boxes follow the copy. The mapped box is clipped to the
 crop ``[0, size]^2`` (``box_stats["clipped_to_crop"]``); a box with no area left inside the crop
-is dropped (``box_stats["dropped_outside_crop"]``). An image whose boxes are all dropped (or that
-had none) is **skipped** and counted as ``skipped["no_box_in_crop"]`` (``skipped["no_box"]``):
+is dropped (``box_stats["dropped_outside_crop"]``). An image whose boxes are all dropped (or
+that had none) is **skipped** and counted as ``skipped["no_box_in_crop"]`` (``skipped["no_box"]``):
 localisation cannot score it. ``keep_empty=1`` keeps such images with an empty (0, 4) box list
 instead (``box_stats["images_without_box"]``), for classification-only use.
+
+Alongside ``boxes``, each sample carries ``unclipped_boxes`` for the official CASM scoring
+(``salbench.metrics.casm_protocol``): every valid box as annotated, clipped neither to the
+image nor to the crop and never dropped, mapped with the official formula
+(``CropGeometry.map_boxes_official``: unrounded crop offset) and truncated toward zero like its
+``int()``. ``boxes`` and every other metric are unaffected. With ``keep_empty=1`` an image whose
+boxes all fall outside the crop is kept and the ``casm`` metric scores it a miss, as the official
+code does.
 
 ``box_stats`` counts per-box events over the images kept: ``invalid`` (x1 <= x0, y1 <= y0 or
 not finite in the source: dropped), ``outside_image``, ``clipped_to_crop``,
@@ -268,6 +276,33 @@ class CropGeometry:
         return clipped[keep].astype(np.float32), int((keep & changed).sum()), int((~keep).sum())
 
 
+    def map_boxes_official(self, boxes: np.ndarray, ref_size: tuple[int, int]) -> np.ndarray:
+        """The official CASM mapping of boxes of the annotated image (``ref_size`` = (W, H)) into
+        the crop, not clipped and nothing dropped: float32 (n, 4), truncated toward zero.
+
+        kondiz/casme ``score.py`` ``resize_pos``: ``ratio = resize / shorter side``, the longer
+        axis is shifted by ``cut = (longer * ratio - size) / 2`` (not rounded: torchvision's
+        ``CenterCrop``, which cuts the pixels, rounds its offset, and ``Resize`` truncates the
+        longer side, so the two can differ by up to a pixel; the official code keeps this
+        formula for its boxes and so does this), the shorter axis by ``(resize - size) / 2``
+        (0 for the official resize = size = 224), then ``int()`` of each coordinate. Computed in
+        float64 with the official operation order, so the truncation matches it exactly; the
+        integers are exact in float32. For ``salbench.metrics.casm_protocol`` only.
+        """
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if boxes.shape[0] == 0:
+            return np.zeros((0, 4), dtype=np.float32)
+        width, height = ref_size
+        if width > height:
+            ratio = self.resize / height
+            xcut, ycut = (width * ratio - self.size) / 2, (self.resize - self.size) / 2
+        else:
+            ratio = self.resize / width
+            xcut, ycut = (self.resize - self.size) / 2, (height * ratio - self.size) / 2
+        mapped = np.stack([ratio * boxes[:, 0] - xcut, ratio * boxes[:, 1] - ycut, ratio * boxes[:, 2] - xcut, ratio * boxes[:, 3] - ycut], axis=1)
+        return np.trunc(mapped).astype(np.float32)
+
+
 def to_edges(boxes: np.ndarray, box_format: str) -> np.ndarray:
     """Source coordinates -> pixel edges, by ``box_format`` (see the module docstring)."""
     a, b = BOX_FORMATS[box_format]
@@ -300,6 +335,7 @@ class Entry:
     boxes: np.ndarray  # (n, 4) float64 pixel edges in ref_size coordinates, clipped to the image
     ref_size: tuple[int, int]
     file_size: tuple[int, int] | None = None  # from the header when it was read
+    raw_boxes: np.ndarray | None = None  # (m, 4) valid pixel-edge boxes as annotated: not clipped, none dropped (official CASM scoring)
 
 
 class Skip(Exception):
@@ -415,7 +451,7 @@ class BoxImageDataset(SaliencyDataset):
             _bump(self.box_stats, "rescaled_from_annotated_size")
         if mode is not None and mode != "RGB":
             _bump(self.converted, mode)
-        return Entry(cid, str(path), int(label), inside[keep], (int(w), int(h)), file_size)
+        return Entry(cid, str(path), int(label), inside[keep], (int(w), int(h)), file_size, raw_boxes=boxes)
 
     def _record_unmatched(self, ids: Iterable[str]) -> None:
         ids = sorted(ids)
@@ -467,7 +503,9 @@ class BoxImageDataset(SaliencyDataset):
             meta["error"] = f"corrupt image: {e.path}: {type(exc).__name__}: {msg}"
             _bump(self.load_errors, "corrupt_image")
         boxes, _, _ = self.geometry.map_boxes(e.boxes, e.ref_size, file_size)
-        return Sample(index=i, id=e.id, image=image, label=e.label, boxes=torch.from_numpy(boxes), meta=meta)
+        raw = e.raw_boxes if e.raw_boxes is not None else e.boxes
+        unclipped = torch.from_numpy(self.geometry.map_boxes_official(raw, e.ref_size))
+        return Sample(index=i, id=e.id, image=image, label=e.label, boxes=torch.from_numpy(boxes), meta=meta, unclipped_boxes=unclipped)
 
     # ------------------------------------------------------------------ records
     def protocol(self) -> dict[str, Any]:

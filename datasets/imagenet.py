@@ -39,6 +39,15 @@ counted as ``box_stats["outside_image"]``. ``box_format=inclusive1`` reads 1-bas
 indices; ``box_format=edges`` takes the numbers as pixel edges. The difference is at most one
 source pixel per side (about 0.6 px after resizing a 500 x 375 image to 224).
 
+**Official CASM scoring** (the ``casm_*`` columns, ``salbench.metrics.casm_protocol``): the
+official code (kondiz/casme ``score.py``) takes the XML numbers as they are, so load the dataset
+with ``box_format=edges`` to reproduce it; each sample's ``unclipped_boxes`` are then the XML
+boxes mapped by the official formula (``ratio * x - (longer * ratio - 224) / 2``, unrounded,
+while torchvision's ``CenterCrop`` rounds the offset it cuts the pixels at), neither clipped
+nor dropped, truncated toward zero. Images whose boxes all fall outside the crop are skipped
+here (``no_box_in_crop``) unless ``keep_empty=1``, which keeps them and lets ``casm`` score them
+a miss as the official code does.
+
 Preprocessing, clipping of boxes to the crop, skips and corrupt files: see
 ``salbench.datasets.folder`` (the shared ``BoxImageDataset``). In short: resize the shorter side
 to ``size`` (224), centre-crop ``size``; a box is clipped to the crop and dropped if nothing of

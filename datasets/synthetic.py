@@ -262,6 +262,7 @@ class SyntheticDataset(SaliencyDataset):
             label=label,
             boxes=torch.from_numpy(boxes),
             gt_mask=torch.from_numpy(mask),
+            unclipped_boxes=torch.from_numpy(boxes.copy()),  # never clipped: the same boxes (official CASM scoring)
         )
 
     def protocol(self) -> dict:

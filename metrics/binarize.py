@@ -1,8 +1,11 @@
 """Binarisation of continuous saliency maps (B x H x W in [0,1]) into boolean masks.
 
-Pluggable through ``BINARIZERS``; the default, ``mean_area``, reproduces the official CASM code:
-the binary area equals the mean mask value, so a method cannot gain on LE just by choosing a
-different threshold than the map's own mass implies.
+Pluggable through ``BINARIZERS``; the default, ``mean_area`` (salbench's ``mean_area``
+protocol): the binary area equals the mean mask value, so a method cannot gain on LE just by
+choosing a different threshold than the map's own mass implies. It follows the CASM paper's
+rule but not the official CASM code bit for bit (that code keeps ``m > kth value``, dropping
+every tie, with a clamped threshold); ``salbench.metrics.casm_protocol`` reproduces the official
+code's scoring as the separate ``casm_*`` columns (README, "Metrics", lists the differences).
 """
 
 from __future__ import annotations

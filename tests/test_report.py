@@ -449,3 +449,29 @@ def test_markdown_leaderboard_escapes_names_from_the_run(tmp_path):
     assert "](javascript:" not in md and not re.search(r"(?<!\\)<img", md)
     assert md_escape(str(evil)) in md
     assert md_escape("a|b\nc*d") == "a\\|b c\\*d"
+
+
+def test_paper_tables_show_the_official_casm_scoring_when_the_runs_have_it():
+    from types import SimpleNamespace
+
+    g = SimpleNamespace(index=1, label="synthetic", models=["m"], method_params=lambda m: {"train_classes": [0, 1]} if m == "casm" else {})
+    board = pd.DataFrame({"method": ["casm", "gradcam"], "source_model": ["m", "m"], "images": [4, 4], "control": [False, False],
+                          "om": [50.0, 75.0], "le": [25.0, 50.0], "f1": [60.0, 40.0],
+                          "casm_om": [75.0, 100.0], "casm_le": [50.0, 75.0], "casm_f1": [55.0, 35.0]})
+    t = P.table1([(g, board)])
+    assert [c.key for c in t.columns][2:] == ["casm_om", "casm_le", "casm_f1"] and "official CASM" in t.caption
+    csv = pd.read_csv(__import__("io").StringIO(t.to_csv()))
+    assert csv["casm_le"].tolist() == [50.0, 75.0] and "le" not in csv.columns
+    old = board.assign(casm_om=np.nan, casm_le=np.nan, casm_f1=np.nan)
+    t = P.table1([(g, old)])
+    assert [c.key for c in t.columns][2:] == ["om", "le", "f1"] and "mean_area" in t.caption
+    mixed = P.table1([(g, board), (SimpleNamespace(index=2, label="other"), old)])
+    assert mixed.columns[3].key == "casm_le" and "before the casm_* columns" in mixed.caption
+    # table 3: seen / unseen from the per-image casm_le / casm_om columns
+    loc = pd.DataFrame({"method": ["casm"] * 4, "source_model": ["m"] * 4, "label": [0, 1, 2, 3], "image_id": list("abcd"),
+                        "le": [0.0, 0.0, 1.0, 1.0], "om": [0.0, 1.0, 1.0, 1.0], "casm_le": [1.0, 0.0, 1.0, 0.0],
+                        "casm_om": [1.0, 1.0, 1.0, 0.0], "error": [None] * 4})
+    t3 = P.table3([SimpleNamespace(index=1, label="x", loc=loc, models=["m"], method_params=g.method_params)], n_boot=10)
+    row = t3.blocks[0][1].iloc[0]
+    assert (row["casm_le_seen"], row["casm_le_unseen"], row["casm_om_unseen"]) == (50.0, 50.0, 50.0)
+    assert t3.columns[3].key == "casm_le_seen" and "official CASM" in t3.caption

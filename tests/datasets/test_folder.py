@@ -242,3 +242,54 @@ def test_32_bit_modes_scaled_by_their_range(mode, values, expected):
     assert plane.mode == "F"
     np.testing.assert_allclose(np.asarray(plane)[0], expected, atol=1e-6)
     assert unit_range_plane(Image.new("RGB", (2, 2))) is None and unit_range_plane(Image.new("L", (2, 2))) is None
+
+
+def _official_resize_pos(box, width, height, size=224):
+    """kondiz/casme score.resize_pos (break_ratio off), transcribed with 224 as ``size``."""
+    if width > height:
+        ratio_x = ratio_y = size / height
+        xcut, ycut = (width * ratio_x - size) / 2, 0
+    else:
+        ratio_x = ratio_y = size / width
+        xcut, ycut = 0, (height * ratio_y - size) / 2
+    pos = [ratio_x * box[0] - xcut, ratio_y * box[1] - ycut, ratio_x * box[2] - xcut, ratio_y * box[3] - ycut]
+    return [int(x) for x in pos]
+
+
+def test_unclipped_boxes_follow_the_official_mapping(folder):
+    ds = ImageFolderBoxes(folder)
+    cat, dog, cat2 = ds[0], ds[1], ds[2]
+    # cat1 480x320: ratio 0.7, cut (336 - 224) / 2 = 56 on x; the box left of the crop is kept, nothing clipped
+    assert cat.unclipped_boxes.tolist() == [[-42.0, 7.0, 84.0, 70.0], [-56.0, 0.0, -14.0, 42.0]]
+    assert cat.boxes.shape == (1, 4)  # the clipped boxes are unchanged: one kept, clipped at x = 0
+    assert dog.unclipped_boxes.tolist() == [[float(v) for v in _official_resize_pos((50, 50, 150, 150), 200, 200)]]
+    assert cat2.unclipped_boxes.tolist() == [[70.0, 84.0, 154.0, 154.0]]  # portrait: cut 56 on y
+    geo = CropGeometry(224, 224)
+    rng = np.random.default_rng(0)
+    for w, h in [(500, 375), (375, 500), (333, 500), (500, 333), (300, 300), (1024, 683), (77, 913)]:
+        boxes = rng.integers(-20, max(w, h) + 20, (200, 4)).astype(np.float64)
+        got = geo.map_boxes_official(boxes, (w, h))
+        want = np.array([_official_resize_pos(b.tolist(), w, h) for b in boxes], dtype=np.float32)
+        np.testing.assert_array_equal(got, want)  # int() of the official float64 arithmetic, exactly
+
+
+def test_unclipped_boxes_are_collated_moved_and_selected(folder, tmp_path):
+    from salbench.datasets.base import collate
+
+    ds = ImageFolderBoxes(folder)
+    batch = collate([ds[0], ds[1], ds[2]])
+    assert batch.boxes.shape == (3, 1, 4) and batch.unclipped_boxes.shape == (3, 2, 4)
+    assert batch.unclipped_valid.tolist() == [[True, True], [True, False], [True, False]]
+    sub = batch.select([2, 0]).to("cpu")
+    assert torch.equal(sub.unclipped_boxes, batch.unclipped_boxes[[2, 0]]) and torch.equal(sub.unclipped_valid, batch.unclipped_valid[[2, 0]])
+    # a box wholly outside the crop: the image is skipped, or with keep_empty=1 kept with its unclipped box
+    p = tmp_path / "out.csv"
+    p.write_text("image,label,x0,y0,x1,y1\na/cat1.jpg,cat,0,0,60,60\na/dog1.jpg,dog,50,50,150,150\n")
+    assert [e.id for e in ImageFolderBoxes(folder, boxes=p).entries] == ["a/dog1.jpg"]
+    keep = ImageFolderBoxes(folder, boxes=p, options=CommonOptions(keep_empty=True))
+    s = keep[0]
+    assert s.boxes.shape == (0, 4) and s.unclipped_boxes.tolist() == [[-56.0, 0.0, -14.0, 42.0]]
+    # samples without unclipped boxes: the batch has none (the casm metric falls back to boxes)
+    plain = [ds[0], ds[1]]
+    plain[1].unclipped_boxes = None
+    assert collate(plain).unclipped_boxes is None and collate(plain).unclipped_valid is None

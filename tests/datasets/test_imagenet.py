@@ -263,3 +263,29 @@ def test_malformed_annotation_records_are_skipped_not_fatal(truth, tmp_path):
     fx.csv.write_text("\n".join(lines) + "\n")
     ds = ImageNetVal(fx.root, annotations=str(fx.csv))
     assert ds.skipped["bad_annotation"] == 1 and 2 not in _ids(ds)
+
+
+def test_unclipped_boxes_for_the_official_casm_scoring(truth, imagenet_dir):
+    """box_format=edges takes the XML numbers as they are, as kondiz/casme score.py does; the
+    unclipped boxes are its resize_pos: int(ratio * x - cut), cut = (longer * ratio - 224) / 2."""
+    ds = ImageNetVal(imagenet_dir.root, annotations=str(imagenet_dir.xml), box_format="edges", options=CommonOptions(keep_empty=True))
+    by_id = {int(ds[i].id[-2:]): ds[i] for i in range(len(ds))}
+
+    def official(num):
+        im = truth.BY_NUM[num]
+        w, h = im.size
+        if w > h:
+            r, xcut, ycut = 224 / h, (w * (224 / h) - 224) / 2, 0
+        else:
+            r, xcut, ycut = 224 / w, 0, (h * (224 / w) - 224) / 2
+        return [[float(int(v)) for v in (r * x0 - xcut, r * y0 - ycut, r * x1 - xcut, r * y1 - ycut)] for x0, y0, x1, y1 in im.boxes]
+
+    for num, s in by_id.items():
+        assert s.unclipped_boxes.tolist() == official(num), num
+    # 448x336: ratio 2/3, cut (298.67 - 224) / 2 = 37.33 (the pixels are cut at round(37) = 37)
+    assert by_id[1].unclipped_boxes.tolist() == [[29.0, 33.0, 162.0, 132.0]]
+    # 480x320: the box left of the crop is kept, unclipped; 320x480: kept only with keep_empty, its box above the crop
+    assert by_id[2].unclipped_boxes.tolist() == [[-42.0, 7.0, 83.0, 69.0], [-56.0, 0.0, -14.0, 41.0]]
+    assert by_id[3].boxes.shape == (0, 4) and by_id[3].unclipped_boxes.tolist() == [[0.0, -56.0, 69.0, -14.0]]
+    # 500x375 with xmax = width: not clipped to the image either
+    assert by_id[10].unclipped_boxes[0, 2].item() == int(224 / 375 * 500 - (500 * (224 / 375) - 224) / 2)

@@ -105,6 +105,8 @@ def test_collate_pads_boxes():
     assert b.boxes.shape == (2, 2, 4)
     assert b.box_valid.tolist() == [[True, False], [True, True]]
     assert b.gt_masks.shape == (2, 64, 64)
+    # synthetic boxes are never clipped: the official CASM scoring's unclipped boxes are the same boxes
+    assert torch.equal(b.unclipped_boxes, b.boxes) and torch.equal(b.unclipped_valid, b.box_valid)
 
 
 def test_render_is_pure():
