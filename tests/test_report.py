@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from salbench import report as R
+from salbench import paper as P
 from salbench import util as U
 from salbench import tables as T
 from salbench.errors import UsageError
