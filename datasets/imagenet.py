@@ -49,7 +49,7 @@ here (``no_box_in_crop``) unless ``keep_empty=1``, which keeps them and lets ``c
 a miss as the official code does.
 
 Preprocessing, clipping of boxes to the crop, skips and corrupt files: see
-``salbench.datasets.folder`` (the shared ``BoxImageDataset``). In short: resize the shorter side
+``salbench.datasets.boxed`` (the shared ``BoxImageDataset``). In short: resize the shorter side
 to ``size`` (224), centre-crop ``size``; a box is clipped to the crop and dropped if nothing of
 it is left; an image with no box left is skipped and counted as ``skipped["no_box_in_crop"]``.
 
@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from salbench.datasets.folder import (
+from salbench.datasets.boxed import (
     BOX_FORMATS,
     KNOWN_COMMON,
     BoxImageDataset,

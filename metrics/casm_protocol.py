@@ -31,7 +31,7 @@ so that numbers can be put next to the CASM paper's Tables 1-3 (``casm_le``, ``c
    (the source classifier's clean top-1 against the label).
 
 GT boxes: ``batch.unclipped_boxes`` / ``batch.unclipped_valid`` when the dataset provides them
-(``salbench.datasets.folder`` / ``imagenet``: the box mapped to the crop by the official formula
+(``salbench.datasets.boxed.CropGeometry``, for folders and ImageNet: the box mapped to the crop by the official formula
 ``ratio * x - (longer * ratio - size) / 2``, before any clipping and without dropping boxes that
 fall outside the crop, already truncated toward zero; the synthetic set: its boxes, which are
 never clipped). Otherwise ``batch.boxes`` (clipped to the crop by the dataset). To take the XML

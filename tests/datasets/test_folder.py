@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from salbench.datasets import build_dataset
-from salbench.datasets.folder import CommonOptions, CropGeometry, ImageFolderBoxes, from_spec
+from salbench.datasets.boxed import CommonOptions, CropGeometry
+from salbench.datasets.folder import ImageFolderBoxes, from_spec
 from salbench.errors import UsageError
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from salbench.datasets import build_dataset, collate
-from salbench.datasets.folder import CommonOptions, CropGeometry
+from salbench.datasets.boxed import CommonOptions, CropGeometry
 from salbench.datasets.imagenet import ImageNetVal, from_spec, imagenet_synsets, synset_lemmas
 from salbench.errors import UsageError
 
