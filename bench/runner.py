@@ -42,7 +42,7 @@ from salbench.classifiers import Classifier, ModelOptions, expand_model_specs, l
 from salbench.config import RunSpec, spec_hash
 from salbench.datasets import SaliencyDataset, build_dataset, collate
 from salbench.device import device_name, resolve_device, resolve_dtype
-from salbench.errors import NotApplicable, UsageError
+from salbench.errors import NotApplicable, UsageError, close_matches
 from salbench.mapcache import MapCache, code_digest, default_root, images_digest, map_key, quantize
 from salbench.methods import METHODS, SaliencyMethod, create_method
 from salbench.metrics import MapContext, ScoreContext, agnosticism, binarize, boxes, metrics_for
@@ -99,6 +99,11 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         print(f"salbench: warning: limit={spec.limit} is more than the {len(dataset)} images of {dataset.spec}; evaluating {len(dataset)}", file=sys.stderr)
     models = expand_model_specs(spec.models)
     eval_models = expand_model_specs(spec.eval_models) if spec.eval_models else list(models)
+    stray = [k for k in spec.model_overrides if k not in models and k not in eval_models]
+    if stray:  # a typo here would silently leave the intended classifier unconfigured
+        used = list(dict.fromkeys(models + eval_models))
+        raise UsageError(f"model_overrides names {stray[0]!r}, which is not a classifier of this run{close_matches(stray[0], used)}; "
+                         f"classifiers: {', '.join(used)}")
     BINARIZERS.get(spec.binarize)
     BOX_RULES.get(spec.box)
     INPAINTERS.get(spec.inpaint)

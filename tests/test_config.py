@@ -140,3 +140,12 @@ def test_yaml_errors_name_the_line(tmp_path):
     p.write_text("methods: [gradcam]\n\nbatch-size: 2.5\n")
     with pytest.raises(UsageError, match=r"'.*run.yaml' line 3: batch_size=2.5"):
         RunSpec.from_file(p)
+
+
+def test_model_overrides_must_name_a_classifier_of_the_run():
+    from salbench.runner import resolve
+
+    base = dict(dataset="synthetic?n=8&size=32", methods=["centre"], models=["zoo:resnet"], eval_models=["zoo:resnet", "zoo:vit"])
+    resolve(RunSpec(**base, model_overrides={"zoo:vit": {"input_size": 64}}))
+    with pytest.raises(UsageError, match=r"model_overrides names 'zoo:rsnet', which is not a classifier of this run.*zoo:resnet"):
+        resolve(RunSpec(**base, model_overrides={"zoo:rsnet": {"input_size": 64}}))
