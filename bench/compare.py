@@ -32,6 +32,7 @@ from salbench.errors import UsageError
 from salbench.metrics import descriptors
 from salbench.metrics.base import VARIANTS, localization_summaries, variant_scores
 from salbench.tables import load_groups, metric_descriptor, per_image_agnosticism
+from salbench.throughput_table import CONFIG_KEY, read_throughput
 
 #: run.json spec keys that must agree for metrics to be comparable.
 PROTOCOL_KEYS = ("protocol", "dataset", "num_images", "binarize", "binarize_params", "box", "inpaint", "target")
@@ -216,8 +217,6 @@ def _config_label(r: dict[str, Any]) -> str:
 
 
 def compare_throughput(old: Path, new: Path, drop: float, out: Comparison) -> None:
-    from salbench.throughput import CONFIG_KEY, read_throughput
-
     def rows(p: Path) -> dict[tuple, dict[str, Any]]:
         t = read_throughput(p).to_pylist()
         t.sort(key=lambda r: r["timestamp"] or "")

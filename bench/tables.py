@@ -59,13 +59,9 @@ def loc_columns() -> list[str]:
     return [*ID_LOC, *dict.fromkeys(c.column for c in localization_summaries() if c.aggregate == "mean" or c.source), "error"]
 
 
-def agn_scores(shown_only: bool = False) -> list[str]:
-    """Agnosticism scores summarised per variant (``shown_only``: those the leaderboard or compare uses)."""
-    return [c.column for c in variant_scores() if not shown_only or c.leaderboard or c.compare]
-
-
 def agn_columns() -> list[str]:
-    return [*ID_AGN, *agn_scores(), "error"]
+    """The agnosticism columns reports read: ids, every score summarised per variant, the error."""
+    return [*ID_AGN, *(c.column for c in variant_scores()), "error"]
 
 
 def metric_descriptor(name: str) -> MetricInfo:

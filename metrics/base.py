@@ -23,7 +23,7 @@ tests. A new metric is one new module in ``metrics/`` with a ``@register_metric`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -249,32 +249,17 @@ def descriptors() -> dict[str, MetricInfo]:
     return out
 
 
-class _Descriptors:
+class _Descriptors(Mapping[str, MetricInfo]):
     """Read-only live view of ``descriptors()`` (so ``METRICS[name]`` sees metrics registered later)."""
 
     def __getitem__(self, name: str) -> MetricInfo:
         return descriptors()[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in descriptors()
 
     def __iter__(self) -> Iterator[str]:
         return iter(descriptors())
 
     def __len__(self) -> int:
         return len(descriptors())
-
-    def get(self, name: str, default: MetricInfo | None = None) -> MetricInfo | None:
-        return descriptors().get(name, default)
-
-    def keys(self):
-        return descriptors().keys()
-
-    def items(self):
-        return descriptors().items()
-
-    def values(self):
-        return descriptors().values()
 
 
 METRICS = _Descriptors()
