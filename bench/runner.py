@@ -284,34 +284,36 @@ class Evaluator:
         })
 
     def _maps(self, mname: str, src: str, x: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, counts: dict[str, int],
-              digest: str = "") -> torch.Tensor:
-        """Maps of one (method, source) batch, from the map cache when it holds trusted ones
-        (``digest``: ``images_digest(x)``; stale and corrupt entries are recomputed and counted)."""
+              digest: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Maps of one (method, source) batch and the method's per-image diagnostics, from the map
+        cache when it holds trusted ones (``digest``: ``images_digest(x)``; stale and corrupt
+        entries are recomputed and counted; cached maps come without diagnostics)."""
         key = self._map_key(mname, src) if self.map_cache is not None else ""
         if self.map_cache is not None:
             cached, status = self.map_cache.load(key, index, digest, (len(x), *x.shape[2:]))
             if cached is not None:
                 counts["maps_reused"] = counts.get("maps_reused", 0) + len(x)
-                return cached.to(x.device)
+                return cached.to(x.device), {}
             if status in ("stale", "corrupt"):
                 counts[f"maps_{status}"] = counts.get(f"maps_{status}", 0) + len(x)
         seeds = image_seeds(self.spec.seed, index, self._salt(mname))
-        maps = quantize(self.methods[mname](self.classifiers[src], x, targets, seeds), self.spec.map_precision)
+        diagnostics: dict[str, torch.Tensor] = {}
+        maps = quantize(self.methods[mname](self.classifiers[src], x, targets, seeds, diagnostics=diagnostics), self.spec.map_precision)
         counts["maps_computed"] = counts.get("maps_computed", 0) + len(x)
         if self.map_cache is not None:
             self.map_cache.save(key, index, maps, {"method": mname, "source": src, "dataset": self.r.dataset.spec}, digest)
-        return maps
+        return maps, diagnostics
 
     def _salt(self, method: str) -> int:
         return int(hashlib.sha1(method.encode()).hexdigest()[:7], 16)
 
-    def _localize(self, maps: torch.Tensor, batch) -> MapContext:
+    def _localize(self, maps: torch.Tensor, batch, diagnostics: dict[str, torch.Tensor] | None = None) -> MapContext:
         """Binarise, box, and every localization-table metric that does not depend on the source
         classifier (those that do run per source in ``_per_source``)."""
         spec = self.spec
         b = binarize.binarize(maps, spec.binarize, **spec.binarize_params)
         box, box_valid = boxes.box_from_mask(b, spec.box, saliency=maps, images=batch.images)
-        ctx = MapContext(maps=maps, binary=b, box=box, box_valid=box_valid, batch=batch)
+        ctx = MapContext(maps=maps, binary=b, box=box, box_valid=box_valid, batch=batch, diagnostics=dict(diagnostics or {}))
         for metric in metrics_for("localization"):
             if not metric.per_source and metric.applies(ctx):
                 ctx.values.update(metric.compute(ctx))
@@ -403,8 +405,8 @@ class Evaluator:
                     result = shared[mname]
                 else:
                     try:
-                        maps = self._maps(mname, src, x, targets, batch.index, counts, digest)
-                        ctx = self._localize(maps, batch)
+                        maps, diagnostics = self._maps(mname, src, x, targets, batch.index, counts, digest)
+                        ctx = self._localize(maps, batch, diagnostics)
                         stored = None
                         if picked:  # the inpainting is redone on these images alone: per-image backends give the same pixels
                             inpainted = agnosticism.compose(x[picked], ctx.binary[picked], "inpainted", inpaint=spec.inpaint)

@@ -95,16 +95,27 @@ class SaliencyMethod:
         """Raw non-negative maps, B x h x w at any resolution (upsampled by the caller)."""
         raise NotImplementedError
 
-    def __call__(self, classifier: Classifier, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor | None = None) -> torch.Tensor:
+    def attribute_with_diagnostics(self, classifier: Classifier, images: torch.Tensor, targets: torch.Tensor,
+                                   seeds: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Raw maps and per-image diagnostics (name -> B-long tensor) that the method gets on the
+        way at little cost, e.g. Integrated Gradients' completeness gap; none by default. The
+        runner stores them as stored-only columns of the localization table (``metrics/diagnostics.py``)."""
+        return self.attribute(classifier, images, targets, seeds), {}
+
+    def __call__(self, classifier: Classifier, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor | None = None,
+                 diagnostics: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Maps in [0,1], B x H x W at the images' resolution.
 
         ``targets`` are class indices (B,); ``seeds`` are per-image seeds (B,) for stochastic
         methods, derived from the run seed and dataset index so a map never depends on the batch.
+        A ``diagnostics`` dict receives the method's per-image diagnostics (float32, B-long).
         """
         if seeds is None:
             seeds = torch.arange(len(images), device=images.device)
         with torch.enable_grad() if self.capabilities.needs_gradients else torch.no_grad():
-            raw = self.attribute(classifier, images, targets.to(images.device), seeds.to(images.device))
+            raw, diag = self.attribute_with_diagnostics(classifier, images, targets.to(images.device), seeds.to(images.device))
+        if diagnostics is not None:
+            diagnostics.update({k: v.detach().float() for k, v in diag.items()})
         raw = raw.detach().float()
         if raw.shape[-2:] != images.shape[-2:]:
             raw = F.interpolate(raw[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
