@@ -6,7 +6,10 @@ in pixel space, with the integral replaced by a quadrature rule of ``steps`` nod
 weights w_k. The rules are captum's (``method``): ``gausslegendre`` (captum's default, and ours:
 Gauss-Legendre nodes and weights on [0, 1]), ``riemann_left`` / ``_right`` / ``_middle`` (equal
 weights 1/n at the left ends, right ends or midpoints of n equal intervals) and
-``riemann_trapezoid`` (n nodes from 0 to 1, end weights halved).
+``riemann_trapezoid`` (n nodes from 0 to 1, weights 1/(n-1), end weights halved). One deliberate
+difference: captum's trapezoid weights are 1/n (end ones halved), which sum to 1 - 1/n, so its
+trapezoid attributions are ours times (n-1)/n (the same map after normalisation, but a
+completeness gap of at least 1/n); ours integrate a constant exactly.
 
 Baselines x' (``baseline``): ``black`` (all zero pixels, the usual choice), ``blur`` (the image
 under a Gaussian blur of std ``blur_sigma`` times the shorter side; Sturmfels et al. 2020) and
@@ -45,7 +48,8 @@ def quadrature(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         return 0.5 * (1 + x), 0.5 * w
     k = np.arange(n, dtype=np.float64)
     weights = np.full(n, 1.0 / n)
-    if method == "riemann_trapezoid":
+    if method == "riemann_trapezoid":  # n nodes, n - 1 intervals (captum: weights 1/n, see the module docstring)
+        weights = np.full(n, 1.0 / (n - 1))
         weights[0] /= 2
         weights[-1] /= 2
         return k / (n - 1), weights
