@@ -64,8 +64,12 @@ def map_key(fields: dict[str, Any]) -> str:
 
 
 def code_digest(obj: Any) -> str:
-    """sha256 (16 hex) of the source files that define ``obj``'s class and its base classes."""
-    return _type_digest(type(obj))
+    """sha256 (16 hex) of the source files that define ``obj``'s class and its base classes, and
+    those of any method it wraps (SmoothGrad's ``base``): the wrapped method's code makes its maps too."""
+    wrapped = [type(v) for v in getattr(obj, "__dict__", {}).values() if hasattr(v, "attribute_with_diagnostics")]
+    if not wrapped:
+        return _type_digest(type(obj))
+    return hashlib.sha256(" ".join(_type_digest(c) for c in [type(obj), *wrapped]).encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=None)
