@@ -108,10 +108,10 @@ def method_cost(method: SaliencyMethod, image_size: tuple[int, int]) -> tuple[fl
 def metric_cost(metric: Any, n_eval_other: int) -> tuple[float, float, float]:
     """(source forwards, source backwards, forwards per eval classifier) per image and map; 0 for
     metrics that only read maps (``Metric.cost`` declares the others)."""
-    cost = getattr(metric, "cost", None)
+    cost = metric.cost()
     if cost is None:
         return (0.0, 0.0, 0.0)
-    return tuple(float(v) for v in cost())  # type: ignore[return-value]
+    return tuple(float(v) for v in cost)  # type: ignore[return-value]
 
 
 def build_plan(resolved, methods: dict[str, SaliencyMethod], speeds: Speeds, not_applicable: dict[tuple[str, str], str] | None = None) -> Plan:
@@ -240,7 +240,7 @@ def calibrate(resolved, classifiers: dict[str, Any], device: torch.device, batch
         ctx = MapContext(maps=maps, binary=b, box=box, box_valid=ok, batch=batch, source_correct=torch.ones(bs, dtype=torch.bool, device=device),
                          targets=targets)
         for metric in metrics_for("localization", resolved.metrics):
-            if metric.applies(ctx) and getattr(metric, "cost", None) is None:
+            if metric.applies(ctx) and metric.cost() is None:
                 ctx.values.update(metric.compute(ctx))
 
     t = time_callable(localize, device, iters=repeats, warmup=1, memory=False)
