@@ -23,6 +23,10 @@ like ``gradcam``:
   arbitrary (pytorch-grad-cam's ``EigenCAM`` keeps whatever LAPACK returns); ours is fixed by the
   rule of pytorch-grad-cam's ``get_2d_projection_with_sign_correction`` (Seg-Eigen-CAM eq. 13):
   the projection is negated when |min| > |max|, so its strongest response is positive.
+
+Where the head pools before anything else (GAP + linear, or GAP + norm + linear: ResNet,
+EfficientNet, ConvNeXt) G is constant over positions, so ``hirescam`` and ``xgradcam`` give exactly
+Grad-CAM's map (Draelos & Carin note this for HiResCAM); they differ on ViTs and other heads.
 """
 
 from __future__ import annotations
