@@ -83,10 +83,12 @@ def _check_out_dir(out: str | None) -> None:
 @click.option("--workers", metavar="N", help="Data-loading worker processes.")
 @click.option("--map-cache", help="Saliency-map cache directory ('auto': $SALBENCH_HOME/maps); later runs reuse stored maps.")
 @click.option("--map-precision", metavar="float32|float16|uint8", help="Precision maps are rounded to and stored at.")
+@click.option("--plugin", "plugin_files", multiple=True, metavar="FILE", help="A Python file that registers methods (repeatable).")
+@click.option("--import", "plugin_modules", multiple=True, metavar="MODULE", help="A module that registers methods when imported (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: results/<dataset>-<spec hash>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (with --out, or the newest run of the same spec).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(config_path, dataset, methods, exclude_methods, models, eval_models, limit, batch_size, binarize, inpaint, target, seed, device, dtype, workers, map_cache, map_precision, out, resume, no_progress):
+def run(config_path, dataset, methods, exclude_methods, models, eval_models, limit, batch_size, binarize, inpaint, target, seed, device, dtype, workers, map_cache, map_precision, plugin_files, plugin_modules, out, resume, no_progress):
     """Run the benchmark (no arguments: the embedded synthetic default with the zoo), then write its report.
 
     Every flag and config key is validated before any work: a bad value exits 2 with one line.
@@ -97,8 +99,10 @@ def run(config_path, dataset, methods, exclude_methods, models, eval_models, lim
     from salbench.report import write_report
     from salbench.runner import run as run_spec
 
+    flag_plugins = _load_flag_plugins(plugin_files, plugin_modules)  # before the config file, whose keys may name their methods
     spec = RunSpec.from_file(config_path) if config_path else RunSpec()
     spec = spec.replace(
+        plugins=list(dict.fromkeys([*spec.plugins, *flag_plugins])) if flag_plugins else None,
         dataset=dataset, methods=methods, exclude_methods=exclude_methods, models=models, eval_models=eval_models,
         limit=_flag_number(limit), batch_size=_flag_number(batch_size), binarize=binarize, inpaint=inpaint, target=target,
         seed=_flag_number(seed), device=device, dtype=dtype, workers=_flag_number(workers), map_cache=map_cache, map_precision=map_precision,
@@ -118,15 +122,33 @@ def run(config_path, dataset, methods, exclude_methods, models, eval_models, lim
     click.echo(board.read_text())
 
 
+def _load_flag_plugins(files: tuple[str, ...], modules: tuple[str, ...]) -> list[str]:
+    """Load ``--plugin`` files and ``--import`` modules; a failure is one line naming the flag."""
+    from salbench.plugins import load_plugin
+
+    for flag, sources in (("--plugin", files), ("--import", modules)):
+        for source in sources:
+            try:
+                load_plugin(source)
+            except UsageError as exc:
+                raise UsageError(f"{flag} {source}: {exc}") from None
+    return [*files, *modules]
+
+
 @main.group()
 def methods() -> None:
     """Registered saliency methods."""
 
 
 @methods.command("list")
-def methods_list() -> None:
-    """Registered methods, their capabilities and cost per image."""
+@click.option("--plugin", "plugin_files", multiple=True, metavar="FILE", help="Also load this plugin file (repeatable).")
+@click.option("--import", "plugin_modules", multiple=True, metavar="MODULE", help="Also import this plugin module (repeatable).")
+def methods_list(plugin_files, plugin_modules) -> None:
+    """Registered methods, their capabilities and cost per image. Peer adapters (captum:<class>,
+    gradcam:<class>, zennit:<composite>) are not listed: name them in --methods."""
     from salbench.methods import METHODS, create_method
+
+    _load_flag_plugins(plugin_files, plugin_modules)
 
     header = f"{'method':<16} {'family':<10} {'grad':<5} {'layer':<6} {'trained':<8} {'clf-dep':<8} {'stoch':<6} {'fwd/img':>8} {'bwd/img':>8}  description"
     click.echo(header)

@@ -41,6 +41,7 @@ class RunSpec:
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     name: str | None = None
+    plugins: list[str] = field(default_factory=list)  # plugin files (*.py) or modules that register methods
 
     def __post_init__(self) -> None:
         """Split comma-separated lists, then validate every field (``salbench.spec_schema``).
@@ -48,7 +49,7 @@ class RunSpec:
         The dataclass stays the spec's type (its ``asdict`` is hashed to name the run, so a valid
         spec keeps its run directory name); the pydantic model only checks, it never rewrites a value.
         """
-        for key in ("methods", "exclude_methods", "models", "eval_models"):
+        for key in ("methods", "exclude_methods", "models", "eval_models", "plugins"):
             v = getattr(self, key)
             if isinstance(v, str):
                 setattr(self, key, [s.strip() for s in v.split(",") if s.strip()])
