@@ -89,7 +89,12 @@ class RunSpec:
         return cls.from_dict(data, source=f"config file {str(path)!r}", lines=lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The spec as a dict; ``plugins`` only when there are any, so that specs without plugins
+        keep the dict, hash and run directory name they had before the key existed."""
+        d = dataclasses.asdict(self)
+        if not d["plugins"]:
+            d.pop("plugins")
+        return d
 
     def replace(self, **changes: Any) -> "RunSpec":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -27,6 +27,7 @@ import hashlib
 import inspect
 import io
 import json
+import marshal
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,12 @@ def _type_digest(cls: type) -> str:
     h = hashlib.sha256()
     files: list[str] = []
     for c in (*cls.__mro__, *getattr(cls, "code_objects", ())):
+        code = getattr(c, "__code__", None)
+        if code is not None:  # a function: its compiled code too (one defined in a notebook has no file)
+            h.update(marshal.dumps(code))
         try:
             path = inspect.getsourcefile(c)
-        except TypeError:  # builtins (object)
+        except (TypeError, OSError):  # builtins (object), functions without a source file
             continue
         if path and path not in files:
             files.append(path)

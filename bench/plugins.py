@@ -141,6 +141,16 @@ def _load_module(source: str) -> dict[str, Any]:
     return record
 
 
+def unload_plugin(source: str) -> None:
+    """Forget a plugin file or module and the methods it registered (tests, notebooks)."""
+    key = str(Path(source).expanduser().resolve()) if is_plugin_file(source) else source
+    record = _LOADED.pop(key, None)
+    _CLASSES.pop(key, None)
+    if record is not None:
+        _forget(set(record["methods"]))
+        sys.modules.pop(record["module"], None)
+
+
 def records(methods: list[str] | None = None) -> list[dict[str, Any]]:
     """Records of the plugins loaded in this process (files, modules) and of the installed entry
     points, these only where they provided one of ``methods`` (all of them when ``methods`` is None)."""

@@ -95,6 +95,9 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     for method in created.values():
         method.check_image_size(tuple(dataset.image_size))
     method_configs = {m: method.config() for m, method in created.items()}
+    for m, method in created.items():  # a method from outside salbench: its family recorded for the report
+        if not type(method).__module__.startswith("salbench."):
+            method_configs[m].setdefault("family", method.capabilities.family)
     if spec.limit is not None and spec.limit > len(dataset):
         print(f"salbench: warning: limit={spec.limit} is more than the {len(dataset)} images of {dataset.spec}; evaluating {len(dataset)}", file=sys.stderr)
     models = expand_model_specs(spec.models)
@@ -124,7 +127,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     # plugin files (sha256) and modules / entry points (version) the methods come from; absent
     # without plugins, so that specs without any keep their hash and run directory name
     used_plugins = plugin_provenance(methods, spec.plugins)
-    config.pop("plugins")
+    config.pop("plugins", None)
     if used_plugins:
         config["plugins"] = used_plugins
     return ResolvedRun(spec, methods, models, eval_models, method_configs, dataset, spec_hash(config), config, method_params)

@@ -6,16 +6,20 @@ also takes ``seeds`` receives the per-image seeds of a stochastic method. The de
 small ``SaliencyMethod`` subclass around it, so the function is checked (shape, finite values,
 range: ``base.check_raw_maps``), upsampled and normalised like every built-in method, and its
 source file enters the map-cache key (``code_objects``). The function itself is returned
-unchanged, so it stays callable as written.
+unchanged (marked with ``__salbench_method__``, its registered name), so it stays callable as
+written. Decorating a function of the same module and name again (a re-run notebook cell)
+replaces the earlier registration instead of clashing with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import marshal
 from collections.abc import Callable
 from typing import Any
 
-from salbench.methods.base import Capabilities, SaliencyMethod, register_method
+from salbench.methods.base import METHODS, Capabilities, SaliencyMethod, register_method
 
 NORMALIZATIONS = ("max", "minmax", "none")
 
@@ -29,6 +33,22 @@ class FunctionMethod(SaliencyMethod):
     def attribute(self, classifier, images, targets, seeds):
         fn = type(self).function
         return fn(classifier, images, targets, seeds) if self.takes_seeds else fn(classifier, images, targets)
+
+    def config(self) -> dict[str, Any]:
+        fn = type(self).function
+        return {**super().config(), "function": f"{fn.__module__}.{fn.__qualname__}", "function_sha256": function_digest(fn)}
+
+
+def function_digest(fn: Callable[..., Any]) -> str:
+    """sha256 (16 hex) of a function's compiled code (constants and names included): it changes
+    when the function does, also for one defined in a notebook, which has no source file."""
+    code = getattr(fn, "__code__", None)
+    payload = marshal.dumps(code) if code is not None else repr(fn).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    return (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (getattr(b, "__module__", None), getattr(b, "__qualname__", None))
 
 
 def saliency_method(name: str, *, needs_gradients: bool = False, needs_feature_layer: bool = False,
@@ -61,7 +81,12 @@ def saliency_method(name: str, *, needs_gradients: bool = False, needs_feature_l
             "__doc__": inspect.getdoc(fn),
         }
         cls = type(f"FunctionMethod_{fn.__name__}", (FunctionMethod,), attrs)
+        if name in METHODS:
+            old = METHODS.get(name)
+            if isinstance(old, type) and issubclass(old, FunctionMethod) and _same_function(old.function, fn):
+                METHODS.remove(name)  # the same function defined again: the new definition wins
         register_method(name)(cls)
+        fn.__salbench_method__ = name  # type: ignore[attr-defined]
         return fn
 
     return deco
