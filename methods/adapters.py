@@ -38,6 +38,7 @@ import importlib.metadata
 import inspect
 import re
 import warnings
+import weakref
 from typing import Any, ClassVar
 
 import torch
@@ -106,10 +107,20 @@ def _call_kwargs(params: Any, fn: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- feature layer
+_TARGETS: "weakref.WeakKeyDictionary[Any, tuple[nn.Module, Any]]" = weakref.WeakKeyDictionary()
+
+
 def feature_target(classifier) -> tuple[nn.Module, Any]:
     """(module of ``classifier.model``, reshape) such that the module's output, put through
     ``reshape``, is the B x C x h x w feature map salbench's CAM family reads
-    (``Classifier.features_spec``); ``reshape`` is None where the output already is that map."""
+    (``Classifier.features_spec``); ``reshape`` is None where the output already is that map.
+    Found once per classifier (a probe forward pass)."""
+    if classifier not in _TARGETS:
+        _TARGETS[classifier] = _find_feature_target(classifier)
+    return _TARGETS[classifier]
+
+
+def _find_feature_target(classifier) -> tuple[nn.Module, Any]:
     spec = classifier.features_spec()
     model = classifier.model
 
