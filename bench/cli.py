@@ -72,6 +72,8 @@ def _check_out_dir(out: str | None) -> None:
 @click.option("--exclude-methods", help="Comma-separated methods/wildcards to leave out.")
 @click.option("--models", help="Source classifiers: zoo:*, resnet50.a1_in1k, NAME@weights.pth, wildcards.")
 @click.option("--eval-models", help="Eval classifiers (default: the source classifiers).")
+@click.option("--metrics", "metric_names", help="Comma-separated metric names/wildcards (default: the default metrics; see `salbench metrics list`).")
+@click.option("--exclude-metrics", help="Comma-separated metrics/wildcards to leave out (metrics others require stay).")
 @click.option("--limit", metavar="N", help="Evaluate only the first N images (deterministic).")
 @click.option("--batch-size", metavar="N")
 @click.option("--binarize", help="mean_area (default), alpha_mean, threshold.")
@@ -88,7 +90,7 @@ def _check_out_dir(out: str | None) -> None:
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: results/<dataset>-<spec hash>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (with --out, or the newest run of the same spec).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(config_path, dataset, methods, exclude_methods, models, eval_models, limit, batch_size, binarize, inpaint, target, seed, device, dtype, workers, map_cache, map_precision, plugin_files, plugin_modules, out, resume, no_progress):
+def run(config_path, dataset, methods, exclude_methods, models, eval_models, metric_names, exclude_metrics, limit, batch_size, binarize, inpaint, target, seed, device, dtype, workers, map_cache, map_precision, plugin_files, plugin_modules, out, resume, no_progress):
     """Run the benchmark (no arguments: the embedded synthetic default with the zoo), then write its report.
 
     Every flag and config key is validated before any work: a bad value exits 2 with one line.
@@ -104,7 +106,7 @@ def run(config_path, dataset, methods, exclude_methods, models, eval_models, lim
     spec = spec.replace(
         plugins=list(dict.fromkeys([*spec.plugins, *flag_plugins])) if flag_plugins else None,
         dataset=dataset, methods=methods, exclude_methods=exclude_methods, models=models, eval_models=eval_models,
-        limit=_flag_number(limit), batch_size=_flag_number(batch_size), binarize=binarize, inpaint=inpaint, target=target,
+        metrics=metric_names, exclude_metrics=exclude_metrics, limit=_flag_number(limit), batch_size=_flag_number(batch_size), binarize=binarize, inpaint=inpaint, target=target,
         seed=_flag_number(seed), device=device, dtype=dtype, workers=_flag_number(workers), map_cache=map_cache, map_precision=map_precision,
     )
     _check_out_dir(out)
@@ -158,6 +160,28 @@ def methods_list(plugin_files, plugin_modules) -> None:
         fwd, bwd = m.cost()
         yn = lambda b: "yes" if b else "no"  # noqa: E731
         click.echo(f"{name:<16} {c.family:<10} {yn(c.needs_gradients):<5} {yn(c.needs_feature_layer):<6} {yn(c.needs_training):<8} {yn(c.classifier_dependent):<8} {yn(c.stochastic):<6} {fwd:>8g} {bwd:>8g}  {m.description}")
+
+
+@main.group()
+def metrics() -> None:
+    """Registered metrics."""
+
+
+@metrics.command("list")
+def metrics_list() -> None:
+    """Registered metrics: table, inputs, default parameters, whether a default run computes them, columns."""
+    import dataclasses
+
+    from salbench.metrics import METRIC_REGISTRY
+
+    click.echo(f"{'metric':<18} {'table':<13} {'default':<8} {'needs':<28} parameters / columns")
+    for name in METRIC_REGISTRY.names():
+        m = METRIC_REGISTRY.get(name)
+        params = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(m.params).items()) or "-"
+        cols = ", ".join(f"{c.column}{c.arrow}" for c in m.columns)
+        click.echo(f"{name:<18} {m.table:<13} {'yes' if m.default_selected else 'no':<8} {','.join(sorted(m.needs)):<28} {params}; {cols}")
+        if m.description:
+            click.echo(f"{'':<18} {m.description}")
 
 
 @main.group()

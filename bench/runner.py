@@ -45,7 +45,7 @@ from salbench.device import device_name, resolve_device, resolve_dtype
 from salbench.errors import NotApplicable, UsageError, close_matches
 from salbench.mapcache import MapCache, code_digest, default_root, images_digest, map_key, quantize
 from salbench.methods import METHODS, SaliencyMethod, create_method
-from salbench.metrics import MapContext, ScoreContext, agnosticism, binarize, boxes, metrics_for
+from salbench.metrics import MapContext, Metric, ScoreContext, agnosticism, binarize, boxes, metrics_for, select_metrics
 from salbench.metrics.binarize import BINARIZERS
 from salbench.metrics.boxes import BOX_RULES
 from salbench.metrics.inpainting import INPAINTERS
@@ -72,6 +72,7 @@ class ResolvedRun:
     hash: str
     config: dict[str, Any] = field(default_factory=dict)
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: dict[str, Metric] | None = None  # the run's metrics, configured (None: every registered one)
 
     @property
     def run_id(self) -> str:
@@ -98,6 +99,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     for m, method in created.items():  # a method from outside salbench: its family recorded for the report
         if not type(method).__module__.startswith("salbench."):
             method_configs[m].setdefault("family", method.capabilities.family)
+    metrics = select_metrics(spec.metrics, spec.exclude_metrics, spec.metric_params, tuple(dataset.image_size))
     if spec.limit is not None and spec.limit > len(dataset):
         print(f"salbench: warning: limit={spec.limit} is more than the {len(dataset)} images of {dataset.spec}; evaluating {len(dataset)}", file=sys.stderr)
     models = expand_model_specs(spec.models)
@@ -122,6 +124,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         "models": models,
         "eval_models": eval_models,
         "method_configs": method_configs,
+        "metric_configs": {n: m.config() for n, m in metrics.items()},
         "salbench_version": __version__,
     }
     # plugin files (sha256) and modules / entry points (version) the methods come from; absent
@@ -130,7 +133,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     config.pop("plugins", None)
     if used_plugins:
         config["plugins"] = used_plugins
-    return ResolvedRun(spec, methods, models, eval_models, method_configs, dataset, spec_hash(config), config, method_params)
+    return ResolvedRun(spec, methods, models, eval_models, method_configs, dataset, spec_hash(config), config, method_params, metrics)
 
 
 def default_run_dir(resolved: ResolvedRun, root: Path = DEFAULT_RESULTS) -> Path:
@@ -321,17 +324,16 @@ class Evaluator:
         b = binarize.binarize(maps, spec.binarize, **spec.binarize_params)
         box, box_valid = boxes.box_from_mask(b, spec.box, saliency=maps, images=batch.images)
         ctx = MapContext(maps=maps, binary=b, box=box, box_valid=box_valid, batch=batch)
-        for metric in metrics_for("localization"):
+        for metric in metrics_for("localization", self.r.metrics):
             if not metric.per_source and metric.applies(ctx):
                 ctx.values.update(metric.compute(ctx))
         return ctx
 
-    @staticmethod
-    def _per_source(ctx: MapContext, source_correct: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    def _per_source(self, ctx: MapContext, source_correct: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """The source-dependent metrics on top of ``ctx``; all localization columns as row values."""
         values = dict(ctx.values)
         here = replace(ctx, source_correct=source_correct, targets=targets, values=values)
-        for metric in metrics_for("localization"):
+        for metric in metrics_for("localization", self.r.metrics):
             if metric.per_source and metric.applies(here):
                 values.update(metric.compute(here))
         return {k: _column(v) for k, v in values.items()}
@@ -340,7 +342,7 @@ class Evaluator:
         """Every agnosticism-table metric on one classifier's logits."""
         ctx = ScoreContext(logits=logits, labels=labels)
         out: dict[str, np.ndarray] = {}
-        for metric in metrics_for("agnosticism"):
+        for metric in metrics_for("agnosticism", self.r.metrics):
             out.update({k: _np(v) for k, v in metric.compute(ctx).items()})
         return out
 
