@@ -49,6 +49,7 @@ from salbench.metrics import MapContext, Metric, ScoreContext, agnosticism, bina
 from salbench.metrics.binarize import BINARIZERS
 from salbench.metrics.boxes import BOX_RULES
 from salbench.metrics.inpainting import INPAINTERS
+from salbench.plugins import provenance as plugin_provenance
 from salbench.results import RunLock, RunWriter, atomic_write_json, is_empty_run_dir, progress_info, read_run_json, schema
 from salbench.plan import Speeds, build_plan, load_saved_speeds
 from salbench.progress import RunProgress
@@ -88,9 +89,8 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         methods = [m for m in methods if METHODS.get(m).default_selected]
     if not methods:
         raise UsageError(f"no methods left after excluding {spec.exclude_methods}")
-    unknown = sorted(set(spec.method_params) - set(METHODS.names()))
-    if unknown:
-        METHODS.get(unknown[0])
+    for name in sorted(set(spec.method_params) - set(METHODS.names())):
+        METHODS.get(name)  # an adapter spec (captum:...) builds; anything else is an unknown method
     dataset = build_dataset(spec.dataset)
     # per-dataset defaults (e.g. RISE mask count, occlusion window for the image size), then the spec's
     method_params = {m: {**METHODS.get(m).defaults_for(tuple(dataset.image_size)), **spec.method_params.get(m, {})} for m in methods}
@@ -99,6 +99,9 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     for method in created.values():
         method.check_image_size(tuple(dataset.image_size))
     method_configs = {m: method.config() for m, method in created.items()}
+    for m, method in created.items():  # a method from outside salbench: its family recorded for the report
+        if not type(method).__module__.startswith("salbench."):
+            method_configs[m].setdefault("family", method.capabilities.family)
     metrics = select_metrics(spec.metrics, spec.exclude_metrics, spec.metric_params, tuple(dataset.image_size))
     if spec.limit is not None and spec.limit > len(dataset):
         print(f"salbench: warning: limit={spec.limit} is more than the {len(dataset)} images of {dataset.spec}; evaluating {len(dataset)}", file=sys.stderr)
@@ -127,6 +130,12 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         "metric_configs": {n: m.config() for n, m in metrics.items()},
         "salbench_version": __version__,
     }
+    # plugin files (sha256) and modules / entry points (version) the methods come from; absent
+    # without plugins, so that specs without any keep their hash and run directory name
+    used_plugins = plugin_provenance(methods, spec.plugins)
+    config.pop("plugins", None)
+    if used_plugins:
+        config["plugins"] = used_plugins
     return ResolvedRun(spec, methods, models, eval_models, method_configs, dataset, spec_hash(config), config, method_params, metrics)
 
 
@@ -531,6 +540,10 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
     resolved = resolve(spec)
     device = resolve_device(spec.device)
     shard = distributed.init_from_env(device.type)
+    if not distributed.all_equal(resolved.hash, shard):  # e.g. a plugin file that differs between the ranks' machines
+        distributed.shutdown(shard)
+        raise UsageError(f"the torchrun ranks resolved different run specs (rank {shard.rank}: {resolved.run_id}); "
+                         "every rank must load the same plugins, installed packages and files")
     if device.type == "cuda" and shard.world_size > 1:
         device = torch.device("cuda", shard.local_rank)
     choice: tuple[Any, ...]
@@ -571,6 +584,7 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
                 "classifiers": {k: v.describe() for k, v in evaluator.classifiers.items()},
                 "not_applicable": [{"method": m, "model": s, "reason": why} for (m, s), why in sorted(evaluator.not_applicable.items())],
                 "versions": versions(),
+                "plugins": resolved.config.get("plugins", []),
                 "git_commit": git_commit(),
                 "device": device_name(device),
                 "world_size": shard.world_size,
