@@ -39,6 +39,9 @@ class RunSpec:
     map_cache: str | None = None  # directory of the saliency-map cache ("auto": $SALBENCH_HOME/maps)
     map_precision: str = "float32"  # maps are rounded to this before use (and stored at it)
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=lambda: ["*"])
+    exclude_metrics: list[str] = field(default_factory=list)
+    metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     name: str | None = None
 
@@ -48,7 +51,7 @@ class RunSpec:
         The dataclass stays the spec's type (its ``asdict`` is hashed to name the run, so a valid
         spec keeps its run directory name); the pydantic model only checks, it never rewrites a value.
         """
-        for key in ("methods", "exclude_methods", "models", "eval_models"):
+        for key in ("methods", "exclude_methods", "models", "eval_models", "metrics", "exclude_metrics"):
             v = getattr(self, key)
             if isinstance(v, str):
                 setattr(self, key, [s.strip() for s in v.split(",") if s.strip()])

@@ -16,6 +16,15 @@ class UsageError(SalbenchError):
     """The user asked for something that does not exist or is malformed (exit code 2)."""
 
 
+class SpecError(UsageError):
+    """A bad run-spec or parameter value; ``path`` is the key path (``("method_params", "rise", "n_masks")``)
+    so a file loader can add the line the key is on."""
+
+    def __init__(self, path: tuple[str, ...], message: str):
+        super().__init__(message)
+        self.path = path
+
+
 class NotApplicable(SalbenchError):
     """A method cannot run on a classifier (e.g. CAM without a GAP + linear head).
 

@@ -30,12 +30,12 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
 
 from salbench import __version__, distributed, examples, zoo
 from salbench.classifiers import Classifier, ModelOptions, expand_model_specs, load_classifier
@@ -45,12 +45,15 @@ from salbench.device import device_name, resolve_device, resolve_dtype
 from salbench.errors import NotApplicable, UsageError, close_matches
 from salbench.mapcache import MapCache, code_digest, default_root, images_digest, map_key, quantize
 from salbench.methods import METHODS, SaliencyMethod, create_method
-from salbench.metrics import MapContext, ScoreContext, agnosticism, binarize, boxes, metrics_for
+from salbench.metrics import MapContext, Metric, ScoreContext, agnosticism, binarize, boxes, metrics_for, select_metrics
 from salbench.metrics.binarize import BINARIZERS
 from salbench.metrics.boxes import BOX_RULES
 from salbench.metrics.inpainting import INPAINTERS
 from salbench.results import RunLock, RunWriter, atomic_write_json, is_empty_run_dir, progress_info, read_run_json, schema
+from salbench.plan import Speeds, build_plan, load_saved_speeds
+from salbench.progress import RunProgress
 from salbench.rng import image_seeds
+from salbench.stage_clock import StageClock, add_seconds, by_method, by_stage
 from salbench.run_outcome import RunFailed, all_failed, load_errors
 from salbench.store import versions  # noqa: F401  (runner.versions: the store's provenance)
 from salbench.weights import check_class_count, drop_background_class
@@ -71,6 +74,7 @@ class ResolvedRun:
     hash: str
     config: dict[str, Any] = field(default_factory=dict)
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: dict[str, Metric] | None = None  # the run's metrics, configured (None: every registered one)
 
     @property
     def run_id(self) -> str:
@@ -95,6 +99,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     for method in created.values():
         method.check_image_size(tuple(dataset.image_size))
     method_configs = {m: method.config() for m, method in created.items()}
+    metrics = select_metrics(spec.metrics, spec.exclude_metrics, spec.metric_params, tuple(dataset.image_size))
     if spec.limit is not None and spec.limit > len(dataset):
         print(f"salbench: warning: limit={spec.limit} is more than the {len(dataset)} images of {dataset.spec}; evaluating {len(dataset)}", file=sys.stderr)
     models = expand_model_specs(spec.models)
@@ -119,9 +124,10 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         "models": models,
         "eval_models": eval_models,
         "method_configs": method_configs,
+        "metric_configs": {n: m.config() for n, m in metrics.items()},
         "salbench_version": __version__,
     }
-    return ResolvedRun(spec, methods, models, eval_models, method_configs, dataset, spec_hash(config), config, method_params)
+    return ResolvedRun(spec, methods, models, eval_models, method_configs, dataset, spec_hash(config), config, method_params, metrics)
 
 
 def default_run_dir(resolved: ResolvedRun, root: Path = DEFAULT_RESULTS) -> Path:
@@ -263,6 +269,8 @@ class Evaluator:
         self.classifiers = classifiers
         self.methods = methods
         self.map_cache = map_cache
+        self.clock = StageClock(device)  # seconds per stage, taken into each batch's marker
+        self.on_step: Callable[[str, str], None] | None = None  # called as each (method, source) pair starts
         self.example_indices = set(examples.choose(resolved.config.get("num_images", 0), self.spec.seed))
         self.not_applicable: dict[tuple[str, str], str] = {}
         for src in resolved.models:
@@ -312,17 +320,16 @@ class Evaluator:
         b = binarize.binarize(maps, spec.binarize, **spec.binarize_params)
         box, box_valid = boxes.box_from_mask(b, spec.box, saliency=maps, images=batch.images)
         ctx = MapContext(maps=maps, binary=b, box=box, box_valid=box_valid, batch=batch)
-        for metric in metrics_for("localization"):
+        for metric in metrics_for("localization", self.r.metrics):
             if not metric.per_source and metric.applies(ctx):
                 ctx.values.update(metric.compute(ctx))
         return ctx
 
-    @staticmethod
-    def _per_source(ctx: MapContext, source_correct: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    def _per_source(self, ctx: MapContext, source_correct: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """The source-dependent metrics on top of ``ctx``; all localization columns as row values."""
         values = dict(ctx.values)
         here = replace(ctx, source_correct=source_correct, targets=targets, values=values)
-        for metric in metrics_for("localization"):
+        for metric in metrics_for("localization", self.r.metrics):
             if metric.per_source and metric.applies(here):
                 values.update(metric.compute(here))
         return {k: _column(v) for k, v in values.items()}
@@ -331,23 +338,25 @@ class Evaluator:
         """Every agnosticism-table metric on one classifier's logits."""
         ctx = ScoreContext(logits=logits, labels=labels)
         out: dict[str, np.ndarray] = {}
-        for metric in metrics_for("agnosticism"):
+        for metric in metrics_for("agnosticism", self.r.metrics):
             out.update({k: _np(v) for k, v in metric.compute(ctx).items()})
         return out
 
-    def _agnosticism(self, x: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, Any]]:
+    def _agnosticism(self, x: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, stage: tuple[str, str] = ("", "")) -> dict[str, dict[str, Any]]:
         """Scores of every eval classifier on the masked-in, masked-out and inpainted images.
 
         The three variants go through each eval classifier as one batch. A failing eval
         classifier yields its exception in place of scores (error rows), the rest go on.
         """
         masked = [v for v in agnosticism.VARIANTS if v != "original"]
-        stacked = torch.cat([agnosticism.compose(x, b, v, inpaint=self.spec.inpaint) for v in masked])
+        with self.clock("compose", *stage):
+            stacked = torch.cat([agnosticism.compose(x, b, v, inpaint=self.spec.inpaint) for v in masked])
         out: dict[str, dict[str, Any]] = {}
         n = len(x)
         for ev in self.r.eval_models:
             try:
-                s_all = self._scores(self.classifiers[ev](stacked), labels.repeat(len(masked)))
+                with self.clock("eval", *stage):
+                    s_all = self._scores(self.classifiers[ev](stacked), labels.repeat(len(masked)))
                 out[ev] = {v: {k: t[j * n : (j + 1) * n] for k, t in s_all.items()} for j, v in enumerate(masked)}
             except torch.cuda.OutOfMemoryError:
                 raise
@@ -384,7 +393,8 @@ class Evaluator:
                                                                 _np(x[picked]), boxes_ok, getattr(r.dataset, "class_names", None)))
 
         digest = images_digest(x) if self.map_cache is not None else ""
-        logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
+        with self.clock("clean"):
+            logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
         scores_clean = {name: self._scores(lg, labels) for name, lg in logits_clean.items()}
         # Classifier-independent methods (controls, trained maskers) give the same maps for every
         # source classifier: compute maps and eval scores once, write rows for every source.
@@ -397,19 +407,23 @@ class Evaluator:
             for mname, method in self.methods.items():
                 if (mname, src) in self.not_applicable:
                     continue
+                if self.on_step is not None:
+                    self.on_step(mname, src)
                 row_base = dict(**base, **ids, method=mname, source_model=src)
                 independent = not method.capabilities.classifier_dependent
                 if independent and mname in shared:
                     result = shared[mname]
                 else:
                     try:
-                        maps = self._maps(mname, src, x, targets, batch.index, counts, digest)
-                        ctx = self._localize(maps, batch)
+                        with self.clock("maps", mname, src):
+                            maps = self._maps(mname, src, x, targets, batch.index, counts, digest)
+                        with self.clock("localize", mname, src):
+                            ctx = self._localize(maps, batch)
                         stored = None
                         if picked:  # the inpainting is redone on these images alone: per-image backends give the same pixels
                             inpainted = agnosticism.compose(x[picked], ctx.binary[picked], "inpainted", inpaint=spec.inpaint)
                             stored = examples.map_columns(_np(maps[picked]), _np(ctx.binary[picked]), _np(inpainted))
-                        result = [ctx, self._agnosticism(x, ctx.binary, labels), stored]
+                        result = [ctx, self._agnosticism(x, ctx.binary, labels, (mname, src)), stored]
                     except torch.cuda.OutOfMemoryError:
                         raise  # handled by evaluate_with_retry: split the batch
                     except Exception as exc:  # one method failing on one batch is an error row, not a crash
@@ -427,7 +441,8 @@ class Evaluator:
                     rows["example_maps"].add(image_index=ids["image_index"][picked], method=mname, source_model=None if independent else src, **stored)
                     result[2] = None
                 try:
-                    values = self._per_source(ctx, source_correct, targets)
+                    with self.clock("metrics", mname, src):
+                        values = self._per_source(ctx, source_correct, targets)
                 except Exception as exc:  # a failing source-dependent metric: error rows for this pair
                     counts["errors"] += len(x)
                     loc.add(**row_base, binarize=spec.binarize, error=_one_line(exc), source_correct=_np(source_correct).astype(bool))
@@ -572,20 +587,30 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
         counts: dict[str, int] = {"maps": 0, "errors": 0}
         loader = torch.utils.data.DataLoader(resolved.dataset, batch_sampler=[all_batches[i] for i in pending], collate_fn=collate, num_workers=spec.workers)
         desc = f"salbench run {resolved.run_id}" + (f" [rank {shard.rank}/{shard.world_size}]" if shard.world_size > 1 else "")
-        bar = tqdm(zip(pending, loader), total=len(pending), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)
-        for unit, batch in bar:
+        plan = build_plan(resolved, methods, load_saved_speeds(resolved, device) or Speeds(), evaluator.not_applicable)
+        if shard.is_main and plan.total_seconds is not None:
+            meta["plan_estimate_s"] = round(plan.total_seconds, 1)
+        bar = RunProgress(plan, sum(len(all_batches[i]) for i in pending), desc, disable=not progress)
+        evaluator.on_step = bar.step
+        for k, (unit, batch) in enumerate(zip(pending, loader), start=1):
             before = dict(counts)
+            bar.start_batch(k, len(pending), len(batch))
             tables = evaluate_with_retry(evaluator, batch, counts)
-            writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, **{k: counts[k] - before.get(k, 0) for k in counts}})
-            bar.set_postfix(maps=counts["maps"], errors=counts["errors"])
+            writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, **{k: counts[k] - before.get(k, 0) for k in counts},
+                                             "seconds": evaluator.clock.take()})
+            bar.end_batch(counts["maps"], counts["errors"])
+        bar.close()
         distributed.barrier(shard)
         failed = False
         if shard.is_main:
             totals: dict[str, int] = {}
-            for info in progress_info(run_dir):
+            infos = progress_info(run_dir)
+            for info in infos:
                 for k, v in info.items():
-                    if k not in ("unit", "rank"):
+                    if k not in ("unit", "rank", "seconds"):
                         totals[k] = totals.get(k, 0) + int(v)
+            seconds = add_seconds(info.get("seconds", {}) for info in infos)
+            meta["timing"] = {"stages": by_stage(seconds), "maps_by_method": by_method(seconds, "maps"), "seconds": seconds}
             # load errors listed in the dataset section; a run with no map at all failed
             failed = all_failed(totals)
             found = load_errors(run_dir)

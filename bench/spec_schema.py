@@ -15,19 +15,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, field_validator
 
-from salbench.errors import UsageError, close_matches
+from salbench.errors import SpecError, UsageError, close_matches
 
 Number = StrictInt | StrictFloat
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
 
 
-class SpecError(UsageError):
-    """A bad run-spec value; ``path`` is the key path (``("method_params", "rise", "n_masks")``)."""
-
-    def __init__(self, path: tuple[str, ...], message: str):
-        super().__init__(message)
-        self.path = path
+__all__ = ["SpecError", "validate_spec"]
 
 
 # ------------------------------------------------------------------ model_overrides entries
@@ -121,6 +116,9 @@ class RunSpecModel(BaseModel):
     map_cache: NonEmptyStr | None = None
     map_precision: Literal["float32", "float16", "uint8"] = "float32"
     method_params: dict[StrictStr, dict[StrictStr, Any]] = {}
+    metrics: Annotated[list[NonEmptyStr], Field(min_length=1)] = ["*"]
+    exclude_metrics: list[NonEmptyStr] = []
+    metric_params: dict[StrictStr, dict[StrictStr, Any]] = {}
     model_overrides: dict[StrictStr, ModelOverride] = {}
     name: NonEmptyStr | None = None
 
@@ -153,6 +151,9 @@ EXPECTED = {
     "map_cache": "a directory or 'auto'",
     "map_precision": "float32, float16 or uint8",
     "method_params": "a mapping of method name -> {parameter: value}",
+    "metrics": "a non-empty list of metric names or wildcards ('*' for the default metrics)",
+    "exclude_metrics": "a list of metric names or wildcards",
+    "metric_params": "a mapping of metric name -> {parameter: value}",
     "model_overrides": "a mapping of classifier spec -> {mean, std, input_size, interpolation, crop_pct, feature_layer}",
     "name": "a plain run name (no path separators, no '..', not absolute)",
 }
@@ -185,7 +186,7 @@ def _message(err: dict[str, Any], data: dict[str, Any]) -> SpecError:
         expected = OVERRIDE_EXPECTED.get(path[2], "")
     elif field == "model_overrides" and len(path) == 2:
         expected = "a mapping of " + ", ".join(OVERRIDE_EXPECTED)
-    elif field == "method_params" and len(path) == 2:
+    elif field in ("method_params", "metric_params") and len(path) == 2:
         expected = "a mapping of parameter name -> value"
     else:
         expected = EXPECTED.get(field, err["msg"])
@@ -200,6 +201,7 @@ def validate_spec(data: dict[str, Any]) -> None:
         raise _message(exc.errors()[0], data) from None
     check_binarize_params(data["binarize"], data["binarize_params"])
     check_method_params(data["method_params"])
+    check_metric_params(data["metric_params"])
 
 
 def check_binarize_params(rule: str, params: dict[str, Any]) -> None:
@@ -234,3 +236,19 @@ def check_method_params(method_params: dict[str, dict[str, Any]]) -> None:
             check_params(cls, params)
         except SpecError as exc:
             raise SpecError(("method_params", method, *exc.path), f"method_params.{method}: {exc}") from None
+
+
+def check_metric_params(metric_params: dict[str, dict[str, Any]]) -> None:
+    """Every ``metric_params`` entry names a registered metric and is valid for its ``Params``."""
+    from salbench.metrics import METRIC_REGISTRY
+    from salbench.params import check_params
+
+    for name, params in metric_params.items():
+        try:
+            cls = type(METRIC_REGISTRY.get(name))
+        except UsageError as exc:
+            raise SpecError(("metric_params", name), f"metric_params.{name}: {exc}") from None
+        try:
+            check_params("metric", name, cls.Params, params)
+        except SpecError as exc:
+            raise SpecError(("metric_params", name, *exc.path), f"metric_params.{name}: {exc}") from None

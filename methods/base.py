@@ -17,7 +17,6 @@ broad positive floor; pytorch-grad-cam scales them the same way). Methods whose 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from salbench.classifiers import Classifier
-from salbench.errors import NotApplicable, close_matches
+from salbench.errors import NotApplicable
+from salbench.params import check_params as check_declared_params
 from salbench.registry import Registry
 
 
@@ -151,44 +151,8 @@ def register_method(name: str):
 
 def check_params(cls: type[SaliencyMethod], params: dict[str, Any]) -> Any:
     """``cls.Params(**params)``, refusing unknown keys and wrong scalar types with one line naming
-    the method, the key and the value (``bench.spec_schema.SpecError``, a ``UsageError``)."""
-    from salbench.spec_schema import SpecError
-
-    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
-    hints = typing.get_type_hints(cls.Params)
-    for key, value in params.items():
-        if key not in fields:
-            raise SpecError((key,), f"method {cls.name!r} has no parameter {key!r} (given {value!r}){close_matches(key, fields)}; parameters: {', '.join(fields) or 'none'}")
-        expected = _SCALAR_TYPES.get(_strip_optional(hints[key]))
-        if expected is not None and not (value is None and _is_optional(hints[key])) and not _is_instance(value, expected):
-            raise SpecError((key,), f"method {cls.name!r}: {key}={value!r}: expected {_TYPE_WORDS[expected]}")
-    try:
-        return cls.Params(**params)
-    except (TypeError, ValueError) as exc:
-        key = next((k for k in params if str(exc).startswith(f"{k}=")), None)
-        raise SpecError((key,) if key else (), f"method {cls.name!r}: {str(exc) if key else f'bad parameters {params}: {exc}'}") from None
-
-
-_SCALAR_TYPES = {int: int, float: float, str: str, bool: bool}
-_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _is_optional(hint: Any) -> bool:
-    return type(None) in typing.get_args(hint)
-
-
-def _strip_optional(hint: Any) -> Any:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if _is_optional(hint) and len(args) == 1 else hint
-
-
-def _is_instance(value: Any, expected: type) -> bool:
-    """Strict scalar check: a bool is not an int, an int is a float, nothing else converts."""
-    if expected is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, (int, float)) if expected is float else isinstance(value, expected)
+    the method, the key and the value (``SpecError``, a ``UsageError``)."""
+    return check_declared_params("method", cls.name, cls.Params, params)
 
 
 def create_method(name: str, **params: Any) -> SaliencyMethod:

@@ -29,13 +29,14 @@ from salbench.metrics.base import (
     descriptors,
     metric_info,
     metrics_for,
+    select_metrics,
     register_metric,
     table_schema,
     unregister_metric,
 )
 
 __all__ = ["METRICS", "METRIC_REGISTRY", "Direction", "MapContext", "MeanAccumulator", "Metric", "MetricInfo", "ScoreContext",
-           "bootstrap_ci", "descriptors", "metric_info", "metrics_for", "register_metric", "table_schema", "unregister_metric"]
+           "bootstrap_ci", "descriptors", "metric_info", "metrics_for", "register_metric", "select_metrics", "table_schema", "unregister_metric"]
 
 
 def _as_tensor(values) -> torch.Tensor:

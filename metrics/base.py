@@ -23,7 +23,8 @@ tests. A new metric is one new module in ``metrics/`` with a ``@register_metric`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -113,7 +114,12 @@ class ScoreContext:
 
 
 class Metric:
-    """Base class of registered metrics; subclasses set the class attributes and ``compute``."""
+    """Base class of registered metrics; subclasses set the class attributes and ``compute``.
+
+    Parameters (steps, fractions, tolerances) are a frozen ``Params`` dataclass, validated when the
+    metric is configured for a run (``metric_params`` in the run spec, beneath per-dataset
+    ``defaults_for``); the registry holds one default-configured instance per metric.
+    """
 
     name: ClassVar[str] = ""
     table: ClassVar[str] = "localization"
@@ -122,6 +128,31 @@ class Metric:
     summaries: ClassVar[tuple[MetricInfo, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()  # metrics whose columns ``compute`` reads from ctx.values
     description: ClassVar[str] = ""
+    default_selected: ClassVar[bool] = True  # part of a run that asks for every metric ("*")
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def __init__(self, **params: Any):
+        from salbench.params import check_params
+
+        self.params = check_params("metric", self.name, self.Params, params)
+
+    @classmethod
+    def defaults_for(cls, image_size: tuple[int, int]) -> dict[str, Any]:
+        """Parameter defaults suited to images of ``image_size`` (H, W); recorded in run.json."""
+        return {}
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dataclasses.asdict(self.params)}
+
+    def cost(self) -> tuple[float, float, float] | None:
+        """Classifier passes per image and map, for metrics that call classifiers: (source
+        forwards, source backwards, forwards per eval classifier other than the source).
+        ``None`` for metrics that only read maps (priced as the localisation stage by
+        ``salbench plan``)."""
+        return None
 
     def compute(self, ctx: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -164,9 +195,11 @@ def unregister_metric(name: str) -> None:
     METRIC_REGISTRY._entries.pop(name, None)
 
 
-def metrics_for(table: str) -> list[Metric]:
-    """Registered metrics of ``table`` in registration order, each after the metrics it ``requires``."""
-    mine = {n: m for n, m in METRIC_REGISTRY._entries.items() if m.table == table}
+def metrics_for(table: str, selected: Mapping[str, Metric] | None = None) -> list[Metric]:
+    """Metrics of ``table`` (registered ones, or the run's ``selected`` configured instances) in
+    registration order, each after the metrics it ``requires``."""
+    pool = METRIC_REGISTRY._entries if selected is None else selected
+    mine = {n: m for n, m in pool.items() if m.table == table}
     done: dict[str, Metric] = {}
 
     def visit(m: Metric, path: tuple[str, ...]) -> None:
@@ -183,6 +216,37 @@ def metrics_for(table: str) -> list[Metric]:
     for m in mine.values():
         visit(m, ())
     return list(done.values())
+
+
+def select_metrics(patterns: Iterable[str], exclude: Iterable[str] = (), params: Mapping[str, Mapping[str, Any]] | None = None,
+                   image_size: tuple[int, int] = (64, 64)) -> dict[str, Metric]:
+    """The metrics a run computes, configured: names/wildcards minus ``exclude``, plus every metric
+    they ``require``; each created with its ``defaults_for(image_size)`` beneath ``params[name]``.
+
+    ``["*"]`` means the metrics marked ``default_selected``. Unknown names (in ``params`` too) are
+    a ``UsageError`` naming close matches. The result keeps registration order.
+    """
+    patterns, exclude, params = list(patterns), list(exclude), dict(params or {})
+    names = METRIC_REGISTRY.select(patterns, exclude=exclude or None)
+    if patterns == ["*"]:
+        names = [n for n in names if METRIC_REGISTRY.get(n).default_selected]
+    if not names:
+        raise UsageError(f"no metrics left: metrics={patterns} minus exclude_metrics={exclude}")
+    for n in params:
+        METRIC_REGISTRY.get(n)  # unknown name: one line with close matches
+    chosen = set(names)
+    todo = list(names)
+    while todo:  # dependencies come along even when excluded: OM cannot run without LE
+        for r in METRIC_REGISTRY.get(todo.pop()).requires:
+            if r not in chosen:
+                chosen.add(r)
+                todo.append(r)
+    out: dict[str, Metric] = {}
+    for n in METRIC_REGISTRY.names():
+        if n in chosen:
+            cls = type(METRIC_REGISTRY.get(n))
+            out[n] = cls(**{**cls.defaults_for(tuple(image_size)), **params.get(n, {})})
+    return out
 
 
 # ----------------------------------------------------------------------------- schemas

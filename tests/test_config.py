@@ -46,13 +46,15 @@ def test_hash_ignores_execution_only_fields():
 
 
 # ---------------------------------------------------------------- hashes of valid specs are pinned
-# Computed from the code before the spec gained its pydantic validation (commit b494973): a valid
-# spec must keep its hash, and with it the name of its run directory.
+# A valid spec keeps its hash, and with it the name of its run directory, until the spec itself
+# changes: these were computed when the spec gained metric selection (metrics, exclude_metrics,
+# metric_params), which changes what a run computes and so, deliberately, every run's name.
 DEFAULT_DICT = {
     "dataset": "synthetic", "methods": ["*"], "exclude_methods": [], "models": ["zoo:*"], "eval_models": None, "limit": None,
     "binarize": "mean_area", "binarize_params": {}, "box": "largest", "inpaint": "telea", "target": "label", "seed": 0,
     "batch_size": 64, "device": "auto", "dtype": "float32", "channels_last": False, "workers": 0, "map_cache": None,
-    "map_precision": "float32", "method_params": {}, "model_overrides": {}, "name": None,
+    "map_precision": "float32", "method_params": {}, "metrics": ["*"], "exclude_metrics": [], "metric_params": {},
+    "model_overrides": {}, "name": None,
 }
 CUSTOM = dict(dataset="synthetic?n=16&size=32", methods="gradcam,occlusion", models=["zoo:resnet"], eval_models=["zoo:resnet", "zoo:vit"],
               limit=10, binarize="alpha_mean", binarize_params={"alpha": 1.5}, seed=3, batch_size=8, channels_last=True,
@@ -66,13 +68,13 @@ def test_default_spec_dict_and_hashes_are_unchanged():
 
     assert RunSpec().to_dict() == DEFAULT_DICT
     assert list(RunSpec().to_dict()) == list(DEFAULT_DICT)  # field order too
-    assert spec_hash(RunSpec().to_dict()) == "fbf9d9e768b68e4d0398da0225678af8c90d8245b50867db3fb3adb47c3d4380"
-    assert spec_hash(RunSpec(**CUSTOM).to_dict()) == "0b210c351333c33d46b697d408541a83b21e5ed76bc952dc2482171c36378f6d"
+    assert spec_hash(RunSpec().to_dict()) == "1e34652760da6591d63535711746a41c835ed2ffb239d9d42180d085aa505105"
+    assert spec_hash(RunSpec(**CUSTOM).to_dict()) == "fae850ba819fb818c94cf60ff0818a99d730dc2193590d1814340874bcea32da"
     # the resolved default (wildcards expanded, per-dataset method parameters filled in) names the
     # default run; resolved in a fresh interpreter, as other tests register extra zoo recipes
     code = "from salbench.config import RunSpec; from salbench.runner import resolve; print(resolve(RunSpec()).hash)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[-1] == "8b04f28dbe1ea8852641ff191f03741fdd32e9bc774fdec65e06a30c59fcdc5c"
+    assert out[-1] == "763a46bd3cc54dfda7f4a20554b1bab85bf4b76aa528f35760f33e7632eb9923"
 
 
 def test_python_api_accepts_sequences_and_keeps_values_as_given():

@@ -338,3 +338,14 @@ def test_two_runs_on_one_out_never_interleave(tiny_run, tmp_path):
         a = read_table(tiny_run, table).drop(columns=["run_id", "box"], errors="ignore").sort_values(key).reset_index(drop=True)
         b = read_table(out, table).drop(columns=["run_id", "box"], errors="ignore").sort_values(key).reset_index(drop=True)
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_metric_selection_is_resolved_recorded_and_hashed():
+    from salbench.runner import resolve
+
+    spec = dict(dataset="synthetic?n=8&size=32", methods=["centre"], models=["zoo:resnet"])
+    every = resolve(RunSpec(**spec))
+    some = resolve(RunSpec(**spec, metrics="om,classification"))
+    assert set(some.metrics) == {"om", "le", "classification"}
+    assert set(some.config["metric_configs"]) == {"om", "le", "classification"}  # in run.json's spec and the hash
+    assert set(every.metrics) >= {"om", "le", "f1", "classification"} and some.hash != every.hash

@@ -139,3 +139,59 @@ def test_variant_summaries_flip_direction_where_a_good_map_removes_the_object():
     assert metric_info("masked_out_ce").direction == "higher"
     assert metric_info("original_top1").leaderboard is False and metric_info("masked_in_top1").leaderboard is True
     assert isinstance(table_schema("agnosticism").field("entropy").type, pa.DataType)
+
+
+# ---------------------------------------------------------------- run-time selection and parameters
+def test_select_metrics_wildcards_requires_and_order():
+    from salbench.metrics import select_metrics
+
+    everything = select_metrics(["*"])
+    assert list(everything) == [n for n in METRIC_REGISTRY.names() if METRIC_REGISTRY.get(n).default_selected]
+    only_om = select_metrics(["om"])
+    assert set(only_om) == {"om", "le"}  # OM reads LE: dependencies come along
+    assert "le" in select_metrics(["*"], exclude=["le"])  # excluded but required by om
+    assert "mask_energy" not in select_metrics(["*"], exclude=["mask_*"])
+
+
+def test_select_metrics_refuses_unknown_names_and_bad_params():
+    from salbench.errors import SpecError, UsageError
+    from salbench.metrics import select_metrics
+
+    with pytest.raises(UsageError, match="unknown metric 'lee'.*le"):
+        select_metrics(["lee"])
+    with pytest.raises(UsageError, match="no metrics left"):
+        select_metrics(["le"], exclude=["*"])
+    with pytest.raises(SpecError, match="metric 'le' has no parameter 'steps'"):
+        select_metrics(["le"], params={"le": {"steps": 3}})
+
+
+def test_metric_params_reach_the_configured_instance_beneath_the_spec(monkeypatch):
+    from dataclasses import dataclass
+
+    from salbench.metrics import select_metrics
+    from salbench.metrics.base import Metric
+
+    class Stepped(Metric):
+        name = "stepped_probe"
+        columns = (MetricInfo("stepped_probe", "higher", False, "probe", aggregate=None),)
+
+        @dataclass(frozen=True)
+        class Params:
+            steps: int = 10
+            fraction: float = 0.5
+
+        @classmethod
+        def defaults_for(cls, image_size):
+            return {"steps": image_size[0] // 8}
+
+    try:
+        register_metric(Stepped)
+        got = select_metrics(["stepped_probe"], params={"stepped_probe": {"fraction": 0.25}}, image_size=(64, 64))["stepped_probe"]
+        assert got.params == Stepped.Params(steps=8, fraction=0.25)  # per-dataset default beneath the spec's value
+        assert got.config() == {"name": "stepped_probe", "params": {"steps": 8, "fraction": 0.25}}
+        from salbench.errors import SpecError
+
+        with pytest.raises(SpecError, match="steps=True: expected an integer"):
+            select_metrics(["stepped_probe"], params={"stepped_probe": {"steps": True}})
+    finally:
+        unregister_metric("stepped_probe")
