@@ -243,7 +243,7 @@ class Classifier(nn.Module):
                 finally:
                     hnd.remove()
                 out = captured[-1]
-                grid = _token_grid(self.model, out.shape[1] - prefix) if out.ndim == 3 else None
+                grid = token_grid(self.model, out.shape[1] - prefix) if out.ndim == 3 else None
                 self._features = FeatureSpec("module", int(out.shape[-1] if out.ndim == 3 else out.shape[1]), grid, self.feature_layer, prefix)
                 return self._features
             feats = self.model.forward_features(self.normalize(probe))
@@ -252,7 +252,7 @@ class Classifier(nn.Module):
         elif feats.ndim == 4 and feats.shape[3] == nfeat:
             self._features = FeatureSpec("nhwc", nfeat, tuple(feats.shape[1:3]))
         elif feats.ndim == 3 and self._token_blocks() is not None:
-            grid = _token_grid(self.model, feats.shape[1] - prefix)
+            grid = token_grid(self.model, feats.shape[1] - prefix)
             if grid is None:
                 raise NotApplicable(f"{self.name}: cannot reshape {feats.shape[1] - prefix} tokens to a patch grid")
             kind = "token_output" if getattr(self.model, "global_pool", None) in POOLED_TOKEN_HEADS else "tokens"
@@ -299,7 +299,7 @@ class Classifier(nn.Module):
                 "feature_layer": self.feature_layer_used(), **self.meta}
 
 
-def _token_grid(model: nn.Module, n_tokens: int) -> tuple[int, int] | None:
+def token_grid(model: nn.Module, n_tokens: int) -> tuple[int, int] | None:
     pe = getattr(model, "patch_embed", None)
     grid = getattr(pe, "grid_size", None)
     if grid is not None and int(grid[0]) * int(grid[1]) == n_tokens:

@@ -211,7 +211,8 @@ def _attach_optional_commands() -> None:
     """Commands that live in their own modules (throughput/compare, training, ...)."""
     import importlib
 
-    for module, names in (("salbench.cli_perf", ("throughput", "compare", "reference")), ("salbench.cli_train", ("train",)), ("salbench.cli_plan", ("plan",))):
+    for module, names in (("salbench.cli_perf", ("throughput", "compare", "reference")), ("salbench.cli_train", ("train",)),
+                          ("salbench.cli_plan", ("plan",)), ("salbench.cli_visualize", ("visualize",))):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -245,6 +246,19 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: File name ``salbench visualize class-model --out RUN_DIR/class_models.png`` writes; the report links it.
+CLASS_MODEL_PNG = "class_models.png"
+
+
+def class_model_section(run_dirs: Sequence[str | Path], out: Path) -> str:
+    """Markdown linking the class-model grids found in the run directories (nothing when none)."""
+    found = [Path(d) / CLASS_MODEL_PNG for d in run_dirs if (Path(d) / CLASS_MODEL_PNG).is_file()]
+    if not found:
+        return ""
+    rel = [os.path.relpath(p, out) for p in found]
+    return "\n## Class-model visualisation\n\n" + "\n".join(f"![class models of {p.parent.name}]({r})" for p, r in zip(found, rel)) + "\n"
+
+
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, qualitative: bool = True, qualitative_images: int = EXAMPLE_COUNT,
                  paired: Sequence[tuple[str, str]] = (), paired_metrics: Sequence[str] = DEFAULT_PAIRED_METRICS,
                  methods: Sequence[str] | None = None, strict: bool = False, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
@@ -304,6 +318,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, qualita
     t2 = time.perf_counter()
     links = {k: k for k in files}
     md = leaderboard_markdown(Report(rep.groups, rep.boards, rep.tables, rep.paired, rep.notes + fig_notes), n_boot=n_boot, alpha=alpha, files=links)
+    md += class_model_section(run_dirs, out)
     _write_text(out / "leaderboard.md", md)
     _write_text(out / "leaderboard.html", leaderboard_html(rep, figs, n_boot=n_boot, alpha=alpha, fig_notes=fig_notes))
     frame = pd.concat(rep.boards, ignore_index=True) if rep.boards else pd.DataFrame()
