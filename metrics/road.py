@@ -137,8 +137,8 @@ class Road(Metric):
                    ci=True, leaderboard=True, compare=True, header="ROAD MoRF %"),
         MetricInfo("road_lerf", "higher", True, "ROAD LeRF: source accuracy on the target, mean over removal fractions, least relevant removed first",
                    ci=True, leaderboard=True, compare=True, header="ROAD LeRF %"),
-        MetricInfo("road_gap", "higher", True, "ROAD LeRF minus MoRF accuracy (mean over fractions): the faithfulness summary",
-                   ci=True, leaderboard=True, compare=True, header="ROAD gap %"),
+        MetricInfo("road_gap", "higher", False, "ROAD LeRF minus MoRF accuracy (mean over fractions, in [-1, 1]): the faithfulness summary",
+                   ci=True, leaderboard=True, compare=True, header="ROAD gap", digits=3),
         MetricInfo("road_morf_prob", "lower", False, "ROAD MoRF: target probability, mean over removal fractions", digits=3),
         MetricInfo("road_lerf_prob", "higher", False, "ROAD LeRF: target probability, mean over removal fractions", digits=3),
         MetricInfo("road_morf_curve", None, False, "ROAD MoRF target probability per removal fraction", aggregate=None, dtype=_LIST),
@@ -187,9 +187,9 @@ class Road(Metric):
         images = noisy_linear_impute(x.repeat(2 * nf, 1, 1, 1), removed, derive_seeds(seeds.repeat(2 * nf), which), p.noise, p.tol, p.max_iter)
         prob, hit = target_scores(ctx.classifiers[ctx.source_model], images, targets.repeat(2 * nf), p.chunk)
         prob, hit = prob.view(2, nf, b), hit.view(2, nf, b).float()
+        mean = [sum(t.unbind(0)) / nf for t in (hit[0], hit[1], prob[0], prob[1])]  # elementwise: the same in any batch
         out = {
-            "road_morf": hit[0].mean(0), "road_lerf": hit[1].mean(0), "road_gap": hit[1].mean(0) - hit[0].mean(0),
-            "road_morf_prob": prob[0].mean(0), "road_lerf_prob": prob[1].mean(0),
+            "road_morf": mean[0], "road_lerf": mean[1], "road_gap": mean[1] - mean[0], "road_morf_prob": mean[2], "road_lerf_prob": mean[3],
             "road_morf_curve": prob[0].T, "road_lerf_curve": prob[1].T, "road_morf_hits": hit[0].T, "road_lerf_hits": hit[1].T,
         }
         return {k: scatter_rows(v, rows, n) for k, v in out.items()}
