@@ -103,7 +103,7 @@ class _Causal(Metric):
     @classmethod
     def defaults_for(cls, image_size: tuple[int, int]) -> dict[str, Any]:
         small = max(image_size) <= 64
-        return {"sigma": round(paper_sigma(image_size), 3), **({"steps": 8, "stride": 4 if not cls.cross else 8} if small else {})}
+        return {"sigma": round(paper_sigma(image_size), 3), **({"steps": 8, "stride": 8} if small else {})}
 
     def _substrate(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "deletion":
@@ -155,6 +155,7 @@ class Insertion(_Causal):
 
 @register_metric
 class DeletionCross(_Causal):
+    default_selected = False  # 3x the source's forwards with 4 classifiers: on request (--metrics)
     name = "deletion_cross"
     kind = "deletion"
     cross = True
@@ -166,6 +167,7 @@ class DeletionCross(_Causal):
 
 @register_metric
 class InsertionCross(_Causal):
+    default_selected = False  # 3x the source's forwards with 4 classifiers: on request (--metrics)
     name = "insertion_cross"
     kind = "insertion"
     cross = True
