@@ -115,7 +115,7 @@ class _Causal(Metric):
         rows = subsample(batch.index, p.stride)
         names = [m for m in ctx.eval_models if m != ctx.source_model] if self.cross else [ctx.source_model]
         prefix = f"{self.kind}_cross" if self.cross else self.kind
-        if not names:  # no other eval classifier: the cross view is undefined
+        if not names or not len(rows):  # no other eval classifier (the cross view is undefined) or no image to score here
             nan = torch.full((n,), float("nan"), device=ctx.maps.device)
             return {f"{prefix}_auc": nan, f"{prefix}_curve": torch.full((n, p.steps + 1), float("nan"), device=ctx.maps.device)}
         x, targets = batch.images[rows], ctx.targets[rows]

@@ -210,6 +210,9 @@ class Road(Metric):
         p = self.params
         batch, n = ctx.batch, len(ctx.maps)
         rows = subsample(batch.index, p.stride)
+        if not len(rows):  # none of this batch's images is scored: every column null
+            nan = torch.full((n, len(p.fractions)), float("nan"), device=ctx.maps.device)
+            return {c.column: nan if c.aggregate is None else nan[:, 0] for c in self.columns}
         x, maps, targets = batch.images[rows], ctx.maps[rows], ctx.targets[rows]
         h, w = maps.shape[-2:]
         seeds = tie_seeds(batch.index[rows], p.seed, 0x20AD)

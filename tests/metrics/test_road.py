@@ -150,3 +150,15 @@ def test_morf_removes_the_object_and_lerf_keeps_it():
     out = Road(fractions=(0.3, 0.5, 0.7), noise=0.01).compute(_ctx(x, gt + 0.01 * torch.rand(4, H, W), model, torch.ones(4, dtype=torch.long)))
     assert (out["road_morf_hits"] == 0).all() and (out["road_lerf_hits"] == 1).all()
     assert torch.equal(out["road_gap"], torch.ones(4))
+
+
+def test_a_batch_without_scored_images_is_null():
+    from salbench.metrics.deletion import Deletion
+    from test_deletion import ObjectReader, _images
+
+    x = _images(3)
+    ctx = _ctx(x, torch.rand(3, 16, 16), ObjectReader(), torch.ones(3, dtype=torch.long))
+    ctx.batch.index = torch.tensor([1, 2, 3])  # no index divisible by the stride
+    for metric in (Road(fractions=(0.5,), stride=4), Deletion(steps=4, stride=4)):
+        out = metric.compute(ctx)
+        assert {c.column for c in metric.columns} == set(out) and all(torch.isnan(v).all() for v in out.values())
