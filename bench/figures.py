@@ -167,3 +167,55 @@ def qualitative(group: Group, board=None, *, n_images: int = EXAMPLE_COUNT, max_
     png = save_bytes(fig, "png", dpi=100)
     plt.close(fig)
     return png, notes
+
+
+#: Curve columns drawn by ``causal_curves`` (panel title, column); absent columns are skipped.
+CURVE_PANELS = (("deletion (source) ↓", "deletion_curve"), ("insertion (source) ↑", "insertion_curve"),
+                ("deletion (cross) ↓", "deletion_cross_curve"), ("insertion (cross) ↑", "insertion_cross_curve"))
+
+
+def causal_curves(group: Group, board=None):
+    """Mean deletion / insertion curves per method (over images and source classifiers), read
+    from the localization table's curve columns; None when no run of the group stored curves."""
+    import pandas as pd
+
+    from salbench.results import read_table
+
+    frames = []
+    for run in group.runs:
+        try:
+            f = read_table(run.path, "localization", columns=["method", "error", *(c for _, c in CURVE_PANELS)])
+        except Exception:  # a run from before the curves existed: nothing to draw from it
+            continue
+        frames.append(f[f["error"].isna()])
+    if not frames:
+        return None
+    df = pd.concat(frames, ignore_index=True)
+    panels = [(t, c) for t, c in CURVE_PANELS if c in df.columns and df[c].notna().any()]
+    if not panels:
+        return None
+    methods = method_order(df["method"].astype(str).unique(), board)
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    for ax, (title, col) in zip(axes[0], panels):
+        for m in methods:
+            rows = [np.asarray(v, dtype=np.float64) for v in df.loc[df["method"].astype(str) == m, col] if v is not None]
+            if not rows or len({len(r) for r in rows}) != 1:
+                continue
+            mean = np.mean(np.stack(rows), axis=0)
+            ax.plot(np.linspace(0, 1, len(mean)), mean, label=f"{m} ({len(rows)})", lw=1.4,
+                    ls="--" if method_family_is_control(m, board) else "-")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("fraction of pixels", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("target probability", fontsize=8)
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def method_family_is_control(method: str, board=None) -> bool:
+    if board is not None and len(board) and "control" in board.columns:
+        return bool(board.loc[board["method"].astype(str) == method, "control"].astype(bool).any())
+    return False

@@ -11,6 +11,7 @@ Entry points:
       <out>/tables/table3.{md,tex,csv}      seen vs unseen classes (only with a trained class subset)
       <out>/tables/paired.{md,csv}          paired comparisons (with ``paired=``)
       <out>/figures/figure3.{png,pdf}       CASM Figure 3: top-1 per eval classifier and variant
+      <out>/figures/curves.png              mean deletion / insertion curves per method (where stored)
       <out>/figures/qualitative.png         images, maps, masked-in/out, inpainted (stored by the run)
 
   Every file is written atomically. Runs with different protocols get one section (and a
@@ -202,6 +203,7 @@ def leaderboard_html(rep: Report, figures: dict[str, bytes], *, n_boot: int = 10
             t = leaderboard_table(g, board)
             page.raw(table_html(t, board, row_class=row_class))
         for key, cap in ((f"figure3{_suffix(g, rep)}", "Figure 3: top-1 of each eval classifier on original, masked-in, masked-out and inpainted images, by method."),
+                         (f"curves{_suffix(g, rep)}", "Deletion / insertion: mean target probability per step, by method (Petsiuk et al. 2018); in brackets the curves averaged."),
                          (f"qualitative{_suffix(g, rep)}", "Qualitative: seeded random images; per method the map, masked-in, masked-out and inpainted images.")):
             if key in figures:
                 page.figure(figures[key], cap)
@@ -303,6 +305,16 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, qualita
                 atomic_write_bytes(fdir / f"figure3{sfx}.pdf", pdf)
                 files[f"figures/figure3{sfx}.png"], files[f"figures/figure3{sfx}.pdf"] = fdir / f"figure3{sfx}.png", fdir / f"figure3{sfx}.pdf"
                 figs[f"figure3{sfx}"] = png
+            try:  # deletion / insertion mean curves, where the run stored them
+                fig = F.causal_curves(g, board)
+            except Exception as exc:
+                fig, _ = None, fig_notes.append(f"deletion/insertion curves failed: {type(exc).__name__}: {exc}")
+            if fig is not None:
+                png = F.save_bytes(fig, "png")
+                F._plt().close(fig)
+                atomic_write_bytes(fdir / f"curves{sfx}.png", png)
+                files[f"figures/curves{sfx}.png"] = fdir / f"curves{sfx}.png"
+                figs[f"curves{sfx}"] = png
             if qualitative:
                 try:
                     png, notes = F.qualitative(g, board, n_images=qualitative_images)

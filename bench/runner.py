@@ -202,8 +202,8 @@ def _column(t: torch.Tensor) -> Any:
     """A metric's B-long (or B x k) tensor as row values: bools stay bool, B x k becomes lists."""
     if t.dtype == torch.bool:
         return t.detach().cpu().numpy().astype(bool)
-    if t.ndim == 2:
-        return _np(t).tolist()
+    if t.ndim == 2:  # per-image lists (curves); an image the metric did not score (all NaN) is null
+        return [None if np.isnan(row).all() else row for row in _np(t).tolist()]
     return _np(t)
 
 
@@ -336,10 +336,14 @@ class Evaluator:
                 ctx.values.update(metric.compute(ctx))
         return ctx
 
-    def _per_source(self, ctx: MapContext, source_correct: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        """The source-dependent metrics on top of ``ctx``; all localization columns as row values."""
+    def _per_source(self, ctx: MapContext, source_correct: torch.Tensor, targets: torch.Tensor, src: str | None = None,
+                    logits_clean: dict[str, torch.Tensor] | None = None, shared: dict[Any, Any] | None = None) -> dict[str, Any]:
+        """The source-dependent metrics on top of ``ctx`` (those that call classifiers get them,
+        with the clean logits and the batch's ``shared`` cache); all localization columns as row values."""
         values = dict(ctx.values)
-        here = replace(ctx, source_correct=source_correct, targets=targets, values=values)
+        models = dict(classifiers=self.classifiers, source_model=src, eval_models=tuple(self.r.eval_models), logits_clean=logits_clean,
+                      shared=shared) if src is not None else {}
+        here = replace(ctx, source_correct=source_correct, targets=targets, values=values, **models)
         for metric in metrics_for("localization", self.r.metrics):
             if metric.per_source and metric.applies(here):
                 values.update(metric.compute(here))
@@ -410,6 +414,7 @@ class Evaluator:
         # Classifier-independent methods (controls, trained maskers) give the same maps for every
         # source classifier: compute maps and eval scores once, write rows for every source.
         shared: dict[str, Any] = {}
+        shared_forwards: dict[Any, Any] = {}  # method-independent forwards of model metrics (substrate logits)
 
         for src in r.models:
             src_logits = logits_clean[src]
@@ -453,7 +458,7 @@ class Evaluator:
                     result[2] = None
                 try:
                     with self.clock("metrics", mname, src):
-                        values = self._per_source(ctx, source_correct, targets)
+                        values = self._per_source(ctx, source_correct, targets, src, logits_clean, shared_forwards)
                 except Exception as exc:  # a failing source-dependent metric: error rows for this pair
                     counts["errors"] += len(x)
                     loc.add(**row_base, binarize=spec.binarize, error=_one_line(exc), source_correct=_np(source_correct).astype(bool))

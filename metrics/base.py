@@ -5,7 +5,8 @@ A metric (torchmetrics-style) is a small class with
 * ``compute(ctx)``: a pure batched function on the device, returning one B-long tensor per
   output column;
 * ``needs``: what it reads (``maps``, ``binary``, ``box``, ``gt_boxes``, ``gt_masks``, ``diagnostics`` (the method's),
-  ``source``: the source classifier's clean prediction; ``eval``: an eval classifier's logits);
+  ``source``: the source classifier's clean prediction; ``eval``: an eval classifier's logits;
+  ``model``: the classifiers themselves, to score perturbed images: deletion / insertion, ROAD);
 * ``table``: which Parquet table its columns go to (``localization``: one row per image x
   method x source classifier; ``agnosticism``: one row per image x method x source x eval
   classifier x image variant);
@@ -38,7 +39,7 @@ Direction = Literal["lower", "higher"] | None
 Aggregate = Literal["mean", "std", "by_variant"] | None
 
 TABLES = ("localization", "agnosticism")
-NEEDS = frozenset({"maps", "binary", "box", "gt_boxes", "gt_masks", "source", "eval", "diagnostics"})
+NEEDS = frozenset({"maps", "binary", "box", "gt_boxes", "gt_masks", "source", "eval", "diagnostics", "model"})
 VARIANTS = ("original", "masked_in", "masked_out", "inpainted")
 #: What a good map does to a classifier's score on each image variant: keep the object in the
 #: masked-in image (+1: the score's own direction), remove it from masked-out and inpainted (-1).
@@ -93,6 +94,11 @@ class MapContext:
     ``values`` holds the columns computed so far (metrics listed in ``requires`` run first).
     ``source_correct`` and ``targets`` are None where the maps are shared by every source
     classifier (classifier-independent methods): metrics that need ``source`` run per source.
+    Metrics that need ``model`` (they call classifiers on perturbed images) run per source too and
+    read ``classifiers`` (every classifier of the run, pixel-space callables), ``source_model``,
+    ``eval_models``, ``logits_clean`` (each classifier's logits on the clean batch, computed once)
+    and ``shared`` (a per-batch cache for method-independent forwards, e.g. a blurred image's
+    logits); they are skipped (null) where no classifiers are given.
     """
 
     maps: torch.Tensor  # B x H x W in [0, 1]
@@ -104,6 +110,11 @@ class MapContext:
     targets: torch.Tensor | None = None
     values: dict[str, torch.Tensor] = field(default_factory=dict)
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's, B-long (SaliencyMethod.attribute_with_diagnostics)
+    classifiers: Mapping[str, Any] | None = None
+    source_model: str | None = None
+    eval_models: tuple[str, ...] = ()
+    logits_clean: Mapping[str, torch.Tensor] | None = None
+    shared: dict[Any, Any] | None = None
 
 
 @dataclass
@@ -160,13 +171,15 @@ class Metric:
 
     def applies(self, ctx: Any) -> bool:
         """False where the batch lacks an input (no GT masks): the columns are null, not made up."""
+        if "model" in self.needs and getattr(ctx, "classifiers", None) is None:
+            return False
         if "gt_masks" in self.needs and getattr(ctx, "batch", None) is not None:
             return ctx.batch.gt_masks is not None
         return True
 
     @property
     def per_source(self) -> bool:
-        return "source" in self.needs
+        return bool({"source", "model"} & self.needs)
 
 
 METRIC_REGISTRY: Registry[Metric] = Registry("metric")

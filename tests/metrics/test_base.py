@@ -26,10 +26,28 @@ def _batch(device) -> Batch:
                  labels=torch.arange(B) % 3, boxes=boxes, box_valid=valid, gt_masks=masks).to(device)
 
 
+class _PixelLinear(torch.nn.Module):
+    """A pixel-space scorer for metrics that call classifiers: per-image products and sums, so its
+    logits do not depend on the batch (a conv net's may, by float rounding)."""
+
+    def __init__(self, seed: int, classes: int = 3):
+        super().__init__()
+        self.w = torch.randn(classes, 3, H, W, generator=torch.Generator().manual_seed(seed)) / 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, None] * self.w.to(x.device)).sum((2, 3, 4))
+
+
+_SCORERS = {"src": _PixelLinear(10), "other": _PixelLinear(11)}
+
+
 def _localization_values(batch: Batch, maps: torch.Tensor) -> dict[str, torch.Tensor]:
     b = binarize(maps, "mean_area")
     box, ok = box_from_mask(b, "largest")
-    ctx = MapContext(maps=maps, binary=b, box=box, box_valid=ok, batch=batch, source_correct=batch.index % 2 == 0, targets=batch.labels)
+    models = dict(classifiers=_SCORERS, source_model="src", eval_models=tuple(_SCORERS), shared={},
+                  logits_clean={n: c(batch.images) for n, c in _SCORERS.items()})  # for metrics that need "model"
+    ctx = MapContext(maps=maps, binary=b, box=box, box_valid=ok, batch=batch, source_correct=batch.index % 2 == 0, targets=batch.labels,
+                     **models)
     for m in metrics_for("localization"):
         if m.applies(ctx):
             ctx.values.update(m.compute(ctx))
@@ -61,7 +79,8 @@ def test_localization_metric_is_batched_and_batch_invariant(name, device):
     for col in metric.columns:
         v = full[col.column]
         assert v.shape[0] == B and v.device.type == device.type
-        torch.testing.assert_close(v[[1, 3]].cpu(), part[col.column].cpu(), rtol=0, atol=0, equal_nan=True)  # NaN: undefined
+        torch.testing.assert_close(v[[1, 3]].cpu(), part[col.column].cpu(), rtol=0, atol=0, equal_nan=True,
+                                   msg=lambda m: f"{col.name}: differs when the batch changes ({m})")  # NaN: undefined
         if col.percent:
             finite = v[torch.isfinite(v)]
             assert ((finite >= 0) & (finite <= 1)).all(), f"{col.name}: a percent metric outside [0, 1]"
