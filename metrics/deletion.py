@@ -105,6 +105,11 @@ class _Causal(Metric):
         small = max(image_size) <= 64
         return {"sigma": round(paper_sigma(image_size), 3), **({"steps": 8, "stride": 8} if small else {})}
 
+    def cost(self) -> tuple[float, float, float]:
+        """The inner steps on every ``stride``-th image (the clean and substrate ends are shared)."""
+        per_image = (self.params.steps - 1) / self.params.stride
+        return (0.0, 0.0, per_image) if self.cross else (per_image, 0.0, 0.0)
+
     def _substrate(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "deletion":
             return torch.full_like(x, self.params.baseline)

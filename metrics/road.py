@@ -206,6 +206,11 @@ class Road(Metric):
     def defaults_for(cls, image_size: tuple[int, int]) -> dict[str, Any]:
         return {"fractions": (0.2, 0.5, 0.8), "stride": 16} if max(image_size) <= 64 else {}
 
+    def cost(self) -> tuple[float, float, float]:
+        """MoRF and LeRF at every fraction on every ``stride``-th image (the imputation's solve is
+        not a classifier pass and is not priced)."""
+        return (2 * len(self.params.fractions) / self.params.stride, 0.0, 0.0)
+
     def compute(self, ctx: MapContext) -> dict[str, torch.Tensor]:
         p = self.params
         batch, n = ctx.batch, len(ctx.maps)
