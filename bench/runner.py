@@ -10,6 +10,9 @@ is built from what it returns and only evaluates. For each batch of images (pixe
   classifier scores them -> agnosticism rows;
 * for the few example images of the run (``salbench.examples``), the image and every pair's map,
   binary mask and inpainted image, for the report's qualitative figure;
+* for the first images of the run (``sanity`` metric ``images``), the sanity checks: every pair's
+  maps recomputed on randomised copies of the source classifier and for a random class, compared
+  with the maps the batch already computed (table ``sanity``, ``metrics/sanity.py``);
 * the batch's rows are written as one atomic part file per table, then its completion marker.
 
 The report (leaderboard, paper tables, figures) is not written here: it reads these files
@@ -49,6 +52,8 @@ from salbench.metrics import MapContext, Metric, ScoreContext, agnosticism, bina
 from salbench.metrics.binarize import BINARIZERS
 from salbench.metrics.boxes import BOX_RULES
 from salbench.metrics.inpainting import INPAINTERS
+from salbench.metrics.sanity import SanityContext, random_other_class
+from salbench.randomise import layer_groups, randomised_classifier
 from salbench.results import RunLock, RunWriter, atomic_write_json, is_empty_run_dir, progress_info, read_run_json, schema
 from salbench.rng import image_seeds
 from salbench.run_outcome import RunFailed, all_failed, load_errors
@@ -268,6 +273,12 @@ class Evaluator:
         self.map_cache = map_cache
         self.example_indices = set(examples.choose(resolved.config.get("num_images", 0), self.spec.seed))
         self.not_applicable: dict[tuple[str, str], str] = {}
+        sanity = [m for m in metrics_for("sanity", resolved.metrics) if m.name == "sanity"]
+        self.sanity = sanity[0] if sanity and sanity[0].params.images > 0 else None
+        self._randomised: dict[tuple[str, int], Classifier] = {}
+        #: seconds and images of map computation per "method|source" (maps from the cache excluded),
+        #: read and cleared by ``run`` after each batch: run.json ``map_timing``
+        self.timing: dict[str, list[float]] = {}
         for src in resolved.models:
             for name, method in self.methods.items():
                 try:
@@ -299,11 +310,67 @@ class Evaluator:
             if status in ("stale", "corrupt"):
                 counts[f"maps_{status}"] = counts.get(f"maps_{status}", 0) + len(x)
         seeds = image_seeds(self.spec.seed, index, self._salt(mname))
+        t0 = time.perf_counter()
         maps = quantize(self.methods[mname](self.classifiers[src], x, targets, seeds), self.spec.map_precision)
+        spent = self.timing.setdefault(f"{mname}|{src}", [0, 0.0])
+        spent[0] += len(x)
+        spent[1] += time.perf_counter() - t0
         counts["maps_computed"] = counts.get("maps_computed", 0) + len(x)
         if self.map_cache is not None:
             self.map_cache.save(key, index, maps, {"method": mname, "source": src, "dataset": self.r.dataset.spec}, digest)
         return maps
+
+    def _randomised_copy(self, src: str, depth: int) -> Classifier:
+        """The source classifier with its top ``depth`` layer groups re-initialised (cached on disk)."""
+        key = (src, depth)
+        if key not in self._randomised:
+            self._randomised[key] = randomised_classifier(self.classifiers[src], depth, self.sanity.params.seed)
+        return self._randomised[key]
+
+    def _sanity(self, batch, sel: list[int], kept: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]], out: "_Rows",
+                counts: dict[str, int]) -> None:
+        """The sanity checks on images ``sel`` of the batch: each kept (method, source) pair's maps
+        recomputed on randomised copies of the source (cascading MPRT) and for a random other
+        class, compared with the original maps by the sanity-table metrics.
+
+        Every covered method is recomputed, classifier-independent ones too: their similarity of 1
+        is measured, not assumed. The method's own per-image seeds are reused, so a stochastic map
+        changes only if the classifier or the class does.
+        """
+        r, spec, metric = self.r, self.spec, self.sanity
+        x, index = batch.images[sel], batch.index[sel]
+        ids = dict(run_id=r.run_id, dataset=r.dataset.spec, image_index=_np(index).astype(np.int64), image_id=[batch.ids[i] for i in sel],
+                   label=_np(batch.labels[sel]).astype(np.int64))
+        for src in r.models:
+            clf = self.classifiers[src]
+            n_groups = len(layer_groups(clf.model))
+            tests: list[tuple[str, int | None]] = [("mprt", d) for d in metric.depths_for(n_groups)]
+            if metric.params.random_logit:
+                tests.append(("random_logit", None))
+            for test, depth in tests:
+                for (mname, s), (original, targets) in kept.items():
+                    if s != src:
+                        continue
+                    row = dict(**ids, method=mname, source_model=src, test=test, depth=depth, groups=n_groups if test == "mprt" else None)
+                    try:
+                        model = self._randomised_copy(src, depth) if depth is not None else clf
+                        row["layers"] = model.meta["mprt_layers"][-1] if depth is not None else None
+                        t = targets if test == "mprt" else random_other_class(targets, image_seeds(spec.seed, index, self._salt("random_logit")), clf.num_classes)
+                        seeds = image_seeds(spec.seed, index, self._salt(mname))
+                        other = quantize(self.methods[mname](model, x, t, seeds), spec.map_precision)
+                        ctx = SanityContext(original, other, test)
+                        for m in metrics_for("sanity", r.metrics):
+                            ctx.values.update(m.compute(ctx))
+                    except torch.cuda.OutOfMemoryError:
+                        raise
+                    except Exception as exc:  # one failing recomputation is an error row, not a crash
+                        if os.environ.get("SALBENCH_DEBUG"):
+                            traceback.print_exc()
+                        counts["sanity_errors"] = counts.get("sanity_errors", 0) + len(sel)
+                        out.add(**row, target=_np(targets).astype(np.int64), error=_one_line(exc))
+                        continue
+                    counts["sanity_maps"] = counts.get("sanity_maps", 0) + len(sel)
+                    out.add(**row, target=_np(t).astype(np.int64), error=None, **{k: _column(v) for k, v in ctx.values.items()})
 
     def _salt(self, method: str) -> int:
         return int(hashlib.sha1(method.encode()).hexdigest()[:7], 16)
@@ -361,7 +428,7 @@ class Evaluator:
     def evaluate_batch(self, batch) -> tuple[dict[str, pa.Table], dict[str, int]]:
         spec, r = self.spec, self.r
         loc, agn = _Rows(), _Rows()
-        rows = {"localization": loc, "agnosticism": agn, "example_images": _Rows(), "example_maps": _Rows()}
+        rows = {"localization": loc, "agnosticism": agn, "example_images": _Rows(), "example_maps": _Rows(), "sanity": _Rows()}
         counts = {"maps": 0, "errors": 0, "load_errors": 0}
         if batch.errors is not None:  # images that failed to load: one error row each, then the rest
             bad = [i for i, e in enumerate(batch.errors) if e]
@@ -391,6 +458,9 @@ class Evaluator:
         # Classifier-independent methods (controls, trained maskers) give the same maps for every
         # source classifier: compute maps and eval scores once, write rows for every source.
         shared: dict[str, Any] = {}
+        # the sanity checks' images in this batch, and the original maps they compare against
+        sanity_sel = [i for i, k in enumerate(batch.index.tolist()) if k < self.sanity.params.images] if self.sanity else []
+        kept: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
         for src in r.models:
             src_logits = logits_clean[src]
@@ -425,6 +495,8 @@ class Evaluator:
                     loc.add(**row_base, binarize=spec.binarize, error=_one_line(result), source_correct=_np(source_correct).astype(bool))
                     continue
                 ctx, per_eval, stored = result
+                if sanity_sel and self.sanity.covers(mname):
+                    kept[(mname, src)] = (ctx.maps[sanity_sel], targets[sanity_sel])
                 if stored is not None:  # a shared result's examples are stored once, for every source
                     rows["example_maps"].add(image_index=ids["image_index"][picked], method=mname, source_model=None if independent else src, **stored)
                     result[2] = None
@@ -446,6 +518,10 @@ class Evaluator:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=_one_line(scores))
                         else:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=None, **scores)
+        if kept:
+            t0 = time.perf_counter()
+            self._sanity(batch, sanity_sel, kept, rows["sanity"], counts)
+            counts["sanity_ms"] = counts.get("sanity_ms", 0) + round(1000 * (time.perf_counter() - t0))
         return {k: v.table(schema(k)) for k, v in rows.items()}, counts
 
 
@@ -458,6 +534,7 @@ SORT_KEYS = {
     "agnosticism": ["source_model", "method", "eval_model", "variant", "image_index"],
     "example_images": ["image_index"],
     "example_maps": ["source_model", "method", "image_index"],
+    "sanity": ["source_model", "method", "test", "depth", "image_index"],
 }
 
 
@@ -577,22 +654,31 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
         bar = tqdm(zip(pending, loader), total=len(pending), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)
         for unit, batch in bar:
             before = dict(counts)
+            evaluator.timing.clear()
             tables = evaluate_with_retry(evaluator, batch, counts)
-            writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, **{k: counts[k] - before.get(k, 0) for k in counts}})
+            timing = {k: [int(n), round(sec, 4)] for k, (n, sec) in evaluator.timing.items()}
+            writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, "map_timing": timing,
+                                             **{k: counts[k] - before.get(k, 0) for k in counts}})
             bar.set_postfix(maps=counts["maps"], errors=counts["errors"])
         distributed.barrier(shard)
         failed = False
         if shard.is_main:
             totals: dict[str, int] = {}
+            map_timing: dict[str, list[float]] = {}
             for info in progress_info(run_dir):
                 for k, v in info.items():
-                    if k not in ("unit", "rank"):
+                    if k == "map_timing":  # {"method|source": [images, seconds]} of this batch
+                        for pair, (n_img, sec) in v.items():
+                            acc = map_timing.setdefault(pair, [0, 0.0])
+                            acc[0], acc[1] = acc[0] + int(n_img), round(acc[1] + float(sec), 4)
+                    elif k not in ("unit", "rank"):
                         totals[k] = totals.get(k, 0) + int(v)
             # load errors listed in the dataset section; a run with no map at all failed
             failed = all_failed(totals)
             found = load_errors(run_dir)
             meta["dataset"] = {**meta["dataset"], "load_errors": found["counts"], "load_error_images": found["images"]}
-            meta.update(status="failed" if failed else "complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
+            meta.update(status="failed" if failed else "complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals,
+                        map_timing={k: {"images": n_img, "seconds": sec} for k, (n_img, sec) in sorted(map_timing.items())})
             atomic_write_json(run_dir / "run.json", meta)
         distributed.shutdown(shard)
         if shard.is_main and failed:

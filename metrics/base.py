@@ -8,7 +8,8 @@ A metric (torchmetrics-style) is a small class with
   ``source``: the source classifier's clean prediction; ``eval``: an eval classifier's logits);
 * ``table``: which Parquet table its columns go to (``localization``: one row per image x
   method x source classifier; ``agnosticism``: one row per image x method x source x eval
-  classifier x image variant);
+  classifier x image variant; ``sanity``: one row per image x method x source x sanity test,
+  on the first images of the run only, see ``metrics/sanity.py``);
 * ``columns``: ``MetricInfo`` per output column: Arrow type, direction (higher / lower / none is
   better), unit (percent or not), how it is aggregated over images (``mean``; ``by_variant``:
   the agnosticism summary per image variant, cross-classifier and self; ``None``: stored only),
@@ -37,7 +38,7 @@ from salbench.registry import Registry
 Direction = Literal["lower", "higher"] | None
 Aggregate = Literal["mean", "std", "by_variant"] | None
 
-TABLES = ("localization", "agnosticism")
+TABLES = ("localization", "agnosticism", "sanity")
 NEEDS = frozenset({"maps", "binary", "box", "gt_boxes", "gt_masks", "source", "eval"})
 VARIANTS = ("original", "masked_in", "masked_out", "inpainted")
 #: What a good map does to a classifier's score on each image variant: keep the object in the
@@ -249,10 +250,16 @@ ID_COLUMNS: dict[str, list[tuple[str, pa.DataType]]] = {
     "agnosticism": [("run_id", pa.string()), ("dataset", pa.string()), ("image_index", pa.int64()), ("image_id", pa.string()),
                     ("label", pa.int64()), ("method", pa.string()), ("source_model", pa.string()), ("eval_model", pa.string()),
                     ("variant", pa.string()), ("inpaint", pa.string())],
+    # sanity checks (metrics/sanity.py): only the first images of a run; test "mprt" (depth: layer
+    # groups randomised from the top, of ``groups``; ``layers``: the deepest one) or "random_logit"
+    "sanity": [("run_id", pa.string()), ("dataset", pa.string()), ("image_index", pa.int64()), ("image_id", pa.string()),
+               ("label", pa.int64()), ("method", pa.string()), ("source_model", pa.string()), ("test", pa.string()),
+               ("depth", pa.int32()), ("groups", pa.int32()), ("layers", pa.string())],
 }
 TAIL_COLUMNS: dict[str, list[tuple[str, pa.DataType]]] = {
     "localization": [("target", pa.int64()), ("source_correct", pa.bool_()), ("error", pa.string())],
     "agnosticism": [("error", pa.string())],
+    "sanity": [("target", pa.int64()), ("error", pa.string())],
 }
 
 
