@@ -345,6 +345,11 @@ def localization_summaries() -> list[MetricInfo]:
     return cols + extra
 
 
+def sanity_summaries() -> list[MetricInfo]:
+    """Leaderboard values of the sanity table (one per test, e.g. ``mprt_spearman``)."""
+    return [s for m in metrics_for("sanity") for s in m.summaries]
+
+
 def variant_scores() -> list[MetricInfo]:
     """Agnosticism-table columns summarised per image variant (cross-classifier and self)."""
     return [c for c in metric_columns("agnosticism") if c.aggregate == "by_variant"]
