@@ -16,8 +16,8 @@ classifier-independent methods (controls, trained maskers) are recomputed all th
 out identical (similarity 1): the checks fail them, as they must.
 
 Libraries: torchmetrics' ``spearman_corrcoef`` (ties get average ranks), ``pearson_corrcoef`` and
-``structural_similarity_index_measure`` (11x11 Gaussian window, sigma 1.5, data range 1), all
-batched over images. HOG is ``hog_features`` below: scikit-image's ``feature.hog`` is one image
+``structural_similarity_index_measure`` (11x11 Gaussian window, sigma 1.5, data range 1; averaged
+over the valid region as scikit-image does), all batched over images. HOG is ``hog_features`` below: scikit-image's ``feature.hog`` is one image
 per call (1.8 ms at 64x64 here, several seconds for a default run's sanity maps); this is the
 same algorithm (central differences, unsigned orientations binned by cell, 2x2-cell blocks,
 L2-Hys) batched in torch, and a test pins it to scikit-image's values.
@@ -63,10 +63,21 @@ def spearman_abs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _where_identical(a, b, rho)
 
 
+SSIM_KERNEL = 11
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM of maps in [0, 1] (B x H x W each) -> B."""
-    s = structural_similarity_index_measure(a[:, None].float(), b[:, None].float(), data_range=1.0, reduction="none")
-    return _where_identical(a, b, s.reshape(len(a)))
+    """Per-image SSIM of maps in [0, 1] (B x H x W each) -> B.
+
+    torchmetrics' SSIM map, averaged over the windows that lie inside the map (a 5-px border
+    dropped), as Wang et al.'s reference code and scikit-image do; torchmetrics' own mean also
+    counts the reflect-padded border, which moves a 64-px map's SSIM by up to 0.3.
+    """
+    _, full = structural_similarity_index_measure(a[:, None].float(), b[:, None].float(), data_range=1.0, reduction="none",
+                                                  kernel_size=SSIM_KERNEL, sigma=1.5, return_full_image=True)
+    r = SSIM_KERNEL // 2
+    inner = full[:, :, r:-r, r:-r] if min(full.shape[-2:]) > 2 * r else full
+    return _where_identical(a, b, inner.mean((1, 2, 3)))
 
 
 def hog_features(maps: torch.Tensor, orientations: int = 9, cell: int = 8, block: int = 2, eps: float = 1e-5) -> torch.Tensor:
