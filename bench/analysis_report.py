@@ -48,20 +48,15 @@ def load_throughput(path: str | Path) -> pd.DataFrame:
     return read_throughput(folder).to_pandas()
 
 
-def _agreement_metrics(board: pd.DataFrame) -> list[str]:
-    from salbench.report import leaderboard_columns
-
-    names = [c.metric for c in leaderboard_columns(board) if c.metric and c.metric != "images_per_s"]
-    return ranked_metrics(board, list(dict.fromkeys(names)))
-
-
-def build_analysis(groups: Sequence[Group], boards: Sequence[pd.DataFrame], cost_metric: str = DEFAULT_COST_METRIC) -> Analysis:
+def build_analysis(groups: Sequence[Group], boards: Sequence[pd.DataFrame], shown: Sequence[Sequence[str]],
+                   cost_metric: str = DEFAULT_COST_METRIC) -> Analysis:
+    """``shown``: per board, the metrics its leaderboard shows (the agreement compares those that rank)."""
     info = metric_descriptor(cost_metric)
     out = Analysis()
     san_blocks, agr_blocks, qc_blocks = [], [], []
     metrics_seen: list[str] = []
     speed_from = set()
-    for g, board in zip(groups, boards):
+    for g, board, names in zip(groups, boards, shown):
         sfx = "" if g.index == 1 else f"-p{g.index}"
         label = g.label if len(groups) > 1 else ""
         san = sanity_by_depth(g)
@@ -71,7 +66,7 @@ def build_analysis(groups: Sequence[Group], boards: Sequence[pd.DataFrame], cost
             san_blocks.append((label, san))
             out.figures[f"sanity{sfx}"] = F.sanity_figure(san)
         if len(board):
-            metrics = _agreement_metrics(board)
+            metrics = ranked_metrics(board, [n for n in dict.fromkeys(names) if n != "images_per_s"])
             agr = metric_agreement(board, metrics)
             if len(agr) and agr["tau"].notna().any():
                 for src in dict.fromkeys(agr["source_model"]):

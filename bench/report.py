@@ -139,7 +139,8 @@ def build_report(run_dirs: Sequence[str | Path], *, methods: Sequence[str] | Non
     if paired:
         frames = [paired_from_groups(groups, a, b, m, n_boot=n_boot, alpha=alpha, seed=seed) for a, b in paired for m in paired_metrics]
         rep.paired = pd.concat(frames, ignore_index=True) if frames else None
-    rep.analysis = build_analysis(groups, boards, cost_metric)
+    shown = [[c.metric for c in leaderboard_columns(b) if c.metric] for b in boards]
+    rep.analysis = build_analysis(groups, boards, shown, cost_metric)
     rep.notes += rep.analysis.notes
     for g in groups:
         rep.notes += [f"protocol {g.index}: {n}" for n in g.notes] if len(groups) > 1 else list(g.notes)
