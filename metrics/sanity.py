@@ -26,6 +26,7 @@ L2-Hys) batched in torch, and a test pins it to scikit-image's values.
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,9 @@ def _where_identical(a: torch.Tensor, b: torch.Tensor, values: torch.Tensor) -> 
 def _corr(fn, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-column correlation; NaN where one column is constant and they differ."""
     const = (a == a[:1]).all(0) | (b == b[:1]).all(0)
-    out = fn(a, b) if a.shape[1] > 1 else fn(a[:, 0], b[:, 0]).reshape(1)
+    with warnings.catch_warnings():  # torchmetrics warns on constant columns: handled here
+        warnings.simplefilter("ignore", UserWarning)
+        out = fn(a, b) if a.shape[1] > 1 else fn(a[:, 0], b[:, 0]).reshape(1)
     return torch.where(const, torch.full_like(out, float("nan")), out)
 
 
