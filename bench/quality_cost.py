@@ -2,9 +2,10 @@
 
 Images/s come from a throughput table (``salbench throughput`` writes ``throughput.parquet``: in
 the run directory, or passed to ``salbench report --throughput PATH``) when it measured the
-method on that classifier; otherwise from the run's own map timing (``run.json`` ``map_timing``:
-images and seconds spent computing each (method, source) pair's maps, cache hits excluded), which
-includes no warm-up and shares the machine with the rest of the run: the figure says which.
+method on that classifier; otherwise from the run's own stage clock (``run.json`` ``timing``: the
+seconds spent on each (method, source) pair's maps, map-cache loads included, over the run's
+images), which includes no warm-up and shares the machine with the rest of the run: the figure
+says which.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ DEFAULT_COST_METRIC = "f1"
 
 
 def run_map_speed(group: Group) -> pd.DataFrame:
-    """images/s per (method, source_model) from the runs' ``map_timing`` (later runs win)."""
+    """images/s per (method, source_model) from the runs' stage clock (``run.json`` ``timing``:
+    seconds under ``maps/<method>/<source>``) and their image count; later runs win."""
     speed: dict[tuple[str, str], float] = {}
     for r in group.runs:
-        for pair, t in (r.meta.get("map_timing") or {}).items():
-            method, _, src = pair.partition("|")
-            sec, n = float(t.get("seconds", 0.0)), int(t.get("images", 0))
-            if sec > 0 and n > 0:
-                speed[(method, src)] = n / sec
+        n = int((r.meta.get("counts") or {}).get("images", 0))
+        for key, sec in ((r.meta.get("timing") or {}).get("seconds") or {}).items():
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == "maps" and float(sec) > 0 and n > 0:
+                speed[(parts[1], parts[2])] = n / float(sec)
     return pd.DataFrame([{"method": m, "source_model": s, "images_per_s": v} for (m, s), v in speed.items()],
                         columns=["method", "source_model", "images_per_s"])
 

@@ -33,12 +33,12 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
 
 from salbench import __version__, distributed, examples, zoo
 from salbench.classifiers import Classifier, ModelOptions, expand_model_specs, load_classifier
@@ -55,7 +55,10 @@ from salbench.metrics.inpainting import INPAINTERS
 from salbench.metrics.sanity import SanityContext, random_other_class
 from salbench.randomise import layer_groups, randomised_classifier
 from salbench.results import RunLock, RunWriter, atomic_write_json, is_empty_run_dir, progress_info, read_run_json, schema
+from salbench.plan import Speeds, build_plan, load_saved_speeds
+from salbench.progress import RunProgress
 from salbench.rng import image_seeds
+from salbench.stage_clock import StageClock, add_seconds, by_method, by_stage
 from salbench.run_outcome import RunFailed, all_failed, load_errors
 from salbench.store import versions  # noqa: F401  (runner.versions: the store's provenance)
 from salbench.weights import check_class_count, drop_background_class
@@ -271,14 +274,13 @@ class Evaluator:
         self.classifiers = classifiers
         self.methods = methods
         self.map_cache = map_cache
+        self.clock = StageClock(device)  # seconds per stage, taken into each batch's marker
+        self.on_step: Callable[[str, str], None] | None = None  # called as each (method, source) pair starts
         self.example_indices = set(examples.choose(resolved.config.get("num_images", 0), self.spec.seed))
         self.not_applicable: dict[tuple[str, str], str] = {}
         sanity = [m for m in metrics_for("sanity", resolved.metrics) if m.name == "sanity"]
         self.sanity = sanity[0] if sanity and sanity[0].params.images > 0 else None
         self._randomised: dict[tuple[str, int], Classifier] = {}
-        #: seconds and images of map computation per "method|source" (maps from the cache excluded),
-        #: read and cleared by ``run`` after each batch: run.json ``map_timing``
-        self.timing: dict[str, list[float]] = {}
         for src in resolved.models:
             for name, method in self.methods.items():
                 try:
@@ -310,11 +312,7 @@ class Evaluator:
             if status in ("stale", "corrupt"):
                 counts[f"maps_{status}"] = counts.get(f"maps_{status}", 0) + len(x)
         seeds = image_seeds(self.spec.seed, index, self._salt(mname))
-        t0 = time.perf_counter()
         maps = quantize(self.methods[mname](self.classifiers[src], x, targets, seeds), self.spec.map_precision)
-        spent = self.timing.setdefault(f"{mname}|{src}", [0, 0.0])
-        spent[0] += len(x)
-        spent[1] += time.perf_counter() - t0
         counts["maps_computed"] = counts.get("maps_computed", 0) + len(x)
         if self.map_cache is not None:
             self.map_cache.save(key, index, maps, {"method": mname, "source": src, "dataset": self.r.dataset.spec}, digest)
@@ -353,14 +351,15 @@ class Evaluator:
                         continue
                     row = dict(**ids, method=mname, source_model=src, test=test, depth=depth, groups=n_groups if test == "mprt" else None)
                     try:
-                        model = self._randomised_copy(src, depth) if depth is not None else clf
-                        row["layers"] = model.meta["mprt_layers"][-1] if depth is not None else None
-                        t = targets if test == "mprt" else random_other_class(targets, image_seeds(spec.seed, index, self._salt("random_logit")), clf.num_classes)
-                        seeds = image_seeds(spec.seed, index, self._salt(mname))
-                        other = quantize(self.methods[mname](model, x, t, seeds), spec.map_precision)
-                        ctx = SanityContext(original, other, test)
-                        for m in metrics_for("sanity", r.metrics):
-                            ctx.values.update(m.compute(ctx))
+                        with self.clock("sanity", mname, src):
+                            model = self._randomised_copy(src, depth) if depth is not None else clf
+                            row["layers"] = model.meta["mprt_layers"][-1] if depth is not None else None
+                            t = targets if test == "mprt" else random_other_class(targets, image_seeds(spec.seed, index, self._salt("random_logit")), clf.num_classes)
+                            seeds = image_seeds(spec.seed, index, self._salt(mname))
+                            other = quantize(self.methods[mname](model, x, t, seeds), spec.map_precision)
+                            ctx = SanityContext(original, other, test)
+                            for m in metrics_for("sanity", r.metrics):
+                                ctx.values.update(m.compute(ctx))
                     except torch.cuda.OutOfMemoryError:
                         raise
                     except Exception as exc:  # one failing recomputation is an error row, not a crash
@@ -404,19 +403,21 @@ class Evaluator:
             out.update({k: _np(v) for k, v in metric.compute(ctx).items()})
         return out
 
-    def _agnosticism(self, x: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, Any]]:
+    def _agnosticism(self, x: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, stage: tuple[str, str] = ("", "")) -> dict[str, dict[str, Any]]:
         """Scores of every eval classifier on the masked-in, masked-out and inpainted images.
 
         The three variants go through each eval classifier as one batch. A failing eval
         classifier yields its exception in place of scores (error rows), the rest go on.
         """
         masked = [v for v in agnosticism.VARIANTS if v != "original"]
-        stacked = torch.cat([agnosticism.compose(x, b, v, inpaint=self.spec.inpaint) for v in masked])
+        with self.clock("compose", *stage):
+            stacked = torch.cat([agnosticism.compose(x, b, v, inpaint=self.spec.inpaint) for v in masked])
         out: dict[str, dict[str, Any]] = {}
         n = len(x)
         for ev in self.r.eval_models:
             try:
-                s_all = self._scores(self.classifiers[ev](stacked), labels.repeat(len(masked)))
+                with self.clock("eval", *stage):
+                    s_all = self._scores(self.classifiers[ev](stacked), labels.repeat(len(masked)))
                 out[ev] = {v: {k: t[j * n : (j + 1) * n] for k, t in s_all.items()} for j, v in enumerate(masked)}
             except torch.cuda.OutOfMemoryError:
                 raise
@@ -453,7 +454,8 @@ class Evaluator:
                                                                 _np(x[picked]), boxes_ok, getattr(r.dataset, "class_names", None)))
 
         digest = images_digest(x) if self.map_cache is not None else ""
-        logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
+        with self.clock("clean"):
+            logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
         scores_clean = {name: self._scores(lg, labels) for name, lg in logits_clean.items()}
         # Classifier-independent methods (controls, trained maskers) give the same maps for every
         # source classifier: compute maps and eval scores once, write rows for every source.
@@ -469,19 +471,23 @@ class Evaluator:
             for mname, method in self.methods.items():
                 if (mname, src) in self.not_applicable:
                     continue
+                if self.on_step is not None:
+                    self.on_step(mname, src)
                 row_base = dict(**base, **ids, method=mname, source_model=src)
                 independent = not method.capabilities.classifier_dependent
                 if independent and mname in shared:
                     result = shared[mname]
                 else:
                     try:
-                        maps = self._maps(mname, src, x, targets, batch.index, counts, digest)
-                        ctx = self._localize(maps, batch)
+                        with self.clock("maps", mname, src):
+                            maps = self._maps(mname, src, x, targets, batch.index, counts, digest)
+                        with self.clock("localize", mname, src):
+                            ctx = self._localize(maps, batch)
                         stored = None
                         if picked:  # the inpainting is redone on these images alone: per-image backends give the same pixels
                             inpainted = agnosticism.compose(x[picked], ctx.binary[picked], "inpainted", inpaint=spec.inpaint)
                             stored = examples.map_columns(_np(maps[picked]), _np(ctx.binary[picked]), _np(inpainted))
-                        result = [ctx, self._agnosticism(x, ctx.binary, labels), stored]
+                        result = [ctx, self._agnosticism(x, ctx.binary, labels, (mname, src)), stored]
                     except torch.cuda.OutOfMemoryError:
                         raise  # handled by evaluate_with_retry: split the batch
                     except Exception as exc:  # one method failing on one batch is an error row, not a crash
@@ -501,7 +507,8 @@ class Evaluator:
                     rows["example_maps"].add(image_index=ids["image_index"][picked], method=mname, source_model=None if independent else src, **stored)
                     result[2] = None
                 try:
-                    values = self._per_source(ctx, source_correct, targets)
+                    with self.clock("metrics", mname, src):
+                        values = self._per_source(ctx, source_correct, targets)
                 except Exception as exc:  # a failing source-dependent metric: error rows for this pair
                     counts["errors"] += len(x)
                     loc.add(**row_base, binarize=spec.binarize, error=_one_line(exc), source_correct=_np(source_correct).astype(bool))
@@ -518,10 +525,8 @@ class Evaluator:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=_one_line(scores))
                         else:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=None, **scores)
-        if kept:
-            t0 = time.perf_counter()
+        if kept:  # seconds under "sanity/<method>/<source>" in the batch marker and run.json timing
             self._sanity(batch, sanity_sel, kept, rows["sanity"], counts)
-            counts["sanity_ms"] = counts.get("sanity_ms", 0) + round(1000 * (time.perf_counter() - t0))
         return {k: v.table(schema(k)) for k, v in rows.items()}, counts
 
 
@@ -651,34 +656,35 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
         counts: dict[str, int] = {"maps": 0, "errors": 0}
         loader = torch.utils.data.DataLoader(resolved.dataset, batch_sampler=[all_batches[i] for i in pending], collate_fn=collate, num_workers=spec.workers)
         desc = f"salbench run {resolved.run_id}" + (f" [rank {shard.rank}/{shard.world_size}]" if shard.world_size > 1 else "")
-        bar = tqdm(zip(pending, loader), total=len(pending), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)
-        for unit, batch in bar:
+        plan = build_plan(resolved, methods, load_saved_speeds(resolved, device) or Speeds(), evaluator.not_applicable)
+        if shard.is_main and plan.total_seconds is not None:
+            meta["plan_estimate_s"] = round(plan.total_seconds, 1)
+        bar = RunProgress(plan, sum(len(all_batches[i]) for i in pending), desc, disable=not progress)
+        evaluator.on_step = bar.step
+        for k, (unit, batch) in enumerate(zip(pending, loader), start=1):
             before = dict(counts)
-            evaluator.timing.clear()
+            bar.start_batch(k, len(pending), len(batch))
             tables = evaluate_with_retry(evaluator, batch, counts)
-            timing = {k: [int(n), round(sec, 4)] for k, (n, sec) in evaluator.timing.items()}
-            writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, "map_timing": timing,
-                                             **{k: counts[k] - before.get(k, 0) for k in counts}})
-            bar.set_postfix(maps=counts["maps"], errors=counts["errors"])
+            writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, **{k: counts[k] - before.get(k, 0) for k in counts},
+                                             "seconds": evaluator.clock.take()})
+            bar.end_batch(counts["maps"], counts["errors"])
+        bar.close()
         distributed.barrier(shard)
         failed = False
         if shard.is_main:
             totals: dict[str, int] = {}
-            map_timing: dict[str, list[float]] = {}
-            for info in progress_info(run_dir):
+            infos = progress_info(run_dir)
+            for info in infos:
                 for k, v in info.items():
-                    if k == "map_timing":  # {"method|source": [images, seconds]} of this batch
-                        for pair, (n_img, sec) in v.items():
-                            acc = map_timing.setdefault(pair, [0, 0.0])
-                            acc[0], acc[1] = acc[0] + int(n_img), round(acc[1] + float(sec), 4)
-                    elif k not in ("unit", "rank"):
+                    if k not in ("unit", "rank", "seconds"):
                         totals[k] = totals.get(k, 0) + int(v)
+            seconds = add_seconds(info.get("seconds", {}) for info in infos)
+            meta["timing"] = {"stages": by_stage(seconds), "maps_by_method": by_method(seconds, "maps"), "seconds": seconds}
             # load errors listed in the dataset section; a run with no map at all failed
             failed = all_failed(totals)
             found = load_errors(run_dir)
             meta["dataset"] = {**meta["dataset"], "load_errors": found["counts"], "load_error_images": found["images"]}
-            meta.update(status="failed" if failed else "complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals,
-                        map_timing={k: {"images": n_img, "seconds": sec} for k, (n_img, sec) in sorted(map_timing.items())})
+            meta.update(status="failed" if failed else "complete", finished=_dt.datetime.now(_dt.timezone.utc).isoformat(), wall_time_s=round(time.perf_counter() - t0, 2), counts=totals)
             atomic_write_json(run_dir / "run.json", meta)
         distributed.shutdown(shard)
         if shard.is_main and failed:

@@ -148,6 +148,13 @@ class Metric:
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "params": dataclasses.asdict(self.params)}
 
+    def cost(self) -> tuple[float, float, float] | None:
+        """Classifier passes per image and map, for metrics that call classifiers: (source
+        forwards, source backwards, forwards per eval classifier other than the source).
+        ``None`` for metrics that only read maps (priced as the localisation stage by
+        ``salbench plan``)."""
+        return None
+
     def compute(self, ctx: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

@@ -59,8 +59,7 @@ def test_quality_cost_uses_the_throughput_table_else_the_runs_map_timing(tmp_pat
     g = load_groups([with_tp])[0]
     f, where = quality_cost_frame(g, leaderboard(g, n_boot=50), "f1")
     assert where == "throughput table" and dict(zip(f["method"], f["images_per_s"]))["gradcam"] == 100.0
-    timing = {"gradcam|zoo:cnn_a": {"images": 60, "seconds": 2.0}, "gradient|zoo:cnn_a": {"images": 60, "seconds": 6.0},
-              "centre|zoo:cnn_a": {"images": 60, "seconds": 0.01}}
+    timing = {"maps/gradcam/zoo:cnn_a": 2.0, "maps/gradient/zoo:cnn_a": 6.0, "maps/centre/zoo:cnn_a": 0.01, "eval/gradcam/zoo:cnn_a": 9.0}
     run = make_run(tmp_path / "b", models=("zoo:cnn_a",), map_timing=timing)
     g = load_groups([run])[0]
     f, where = quality_cost_frame(g, leaderboard(g, n_boot=50), "f1")
@@ -73,8 +72,7 @@ def test_quality_cost_uses_the_throughput_table_else_the_runs_map_timing(tmp_pat
 def test_report_shows_sanity_summaries_agreement_and_cost_figures(tmp_path):
     from salbench.report import write_report
 
-    run = make_run(tmp_path / "run", methods=("gradcam", "gradient", "guided_backprop", "centre", "full", "random"), sanity_images=30, map_timing={"gradcam|zoo:cnn_a": {"images": 60, "seconds": 1.0},
-                                                                    "gradient|zoo:cnn_a": {"images": 60, "seconds": 3.0}})
+    run = make_run(tmp_path / "run", methods=("gradcam", "gradient", "guided_backprop", "centre", "full", "random"), sanity_images=30, map_timing={"maps/gradcam/zoo:cnn_a": 1.0, "maps/gradient/zoo:cnn_a": 3.0})
     res = write_report([run], tmp_path / "rep", qualitative=False, n_boot=100)
     board = res["report"].boards[0]
     ctrl = board[board["method"].isin(["centre", "full", "random"])]
