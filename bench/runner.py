@@ -331,9 +331,11 @@ class Evaluator:
         recomputed on randomised copies of the source (cascading MPRT) and for a random other
         class, compared with the original maps by the sanity-table metrics.
 
-        Every covered method is recomputed, classifier-independent ones too: their similarity of 1
-        is measured, not assumed. The method's own per-image seeds are reused, so a stochastic map
-        changes only if the classifier or the class does.
+        Only classifier-dependent methods are recomputed; a classifier-independent method's maps
+        (controls, trained maskers) read neither the classifier nor the class, so its recomputed map
+        is its original one and every similarity is 1 (tests/metrics/test_sanity.py recomputes
+        controls on a randomised network and finds them identical). The method's own per-image
+        seeds are reused, so a stochastic map changes only if the classifier or the class does.
         """
         r, spec, metric = self.r, self.spec, self.sanity
         x, index = batch.images[sel], batch.index[sel]
@@ -356,7 +358,10 @@ class Evaluator:
                             row["layers"] = model.meta["mprt_layers"][-1] if depth is not None else None
                             t = targets if test == "mprt" else random_other_class(targets, image_seeds(spec.seed, index, self._salt("random_logit")), clf.num_classes)
                             seeds = image_seeds(spec.seed, index, self._salt(mname))
-                            other = quantize(self.methods[mname](model, x, t, seeds), spec.map_precision)
+                            if self.methods[mname].capabilities.classifier_dependent:
+                                other = quantize(self.methods[mname](model, x, t, seeds), spec.map_precision)
+                            else:  # reads neither the classifier nor the class: its map is the original
+                                other = original
                             ctx = SanityContext(original, other, test)
                             for m in metrics_for("sanity", r.metrics):
                                 ctx.values.update(m.compute(ctx))

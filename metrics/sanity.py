@@ -12,8 +12,9 @@ and this metric compares each such map with the original one (table ``sanity``, 
 image x method x source x test x depth). Three similarities, as in the paper: Spearman rank
 correlation of the absolute maps, SSIM, and the Pearson correlation of the maps' HOG features.
 A map that passes has *low* similarity: it changed when the model or the class did. Maps of
-classifier-independent methods (controls, trained maskers) are recomputed all the same and come
-out identical (similarity 1): the checks fail them, as they must.
+classifier-independent methods (controls, trained maskers) read neither, so the runner does not
+recompute them: their rows compare the original map with itself (similarity 1), and the checks
+fail them, as they must.
 
 Libraries: torchmetrics' ``spearman_corrcoef`` (ties get average ranks), ``pearson_corrcoef`` and
 ``structural_similarity_index_measure`` (11x11 Gaussian window, sigma 1.5, data range 1; averaged
