@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from salbench.cli_spec import RunCommand, spec_from_flags, spec_options
+from salbench.cli_spec import RunCommand, load_flag_plugins, spec_from_flags, spec_options
 from salbench.errors import SalbenchError, UsageError, exit_codes, one_line
 
 # Commands import what they need when they run, so that ``--help`` and argument errors answer at
@@ -84,9 +84,14 @@ def methods() -> None:
 
 
 @methods.command("list")
-def methods_list() -> None:
-    """Registered methods, their capabilities and cost per image."""
+@click.option("--plugin", "plugin_files", multiple=True, metavar="FILE", help="Also load this plugin file (repeatable).")
+@click.option("--import", "plugin_modules", multiple=True, metavar="MODULE", help="Also import this plugin module (repeatable).")
+def methods_list(plugin_files, plugin_modules) -> None:
+    """Registered methods, their capabilities and cost per image. Peer adapters (captum:<class>,
+    gradcam:<class>, zennit:<composite>) are not listed: name them in --methods."""
     from salbench.methods import METHODS, create_method
+
+    load_flag_plugins(plugin_files, plugin_modules)
 
     header = f"{'method':<16} {'family':<10} {'grad':<5} {'layer':<6} {'trained':<8} {'clf-dep':<8} {'stoch':<6} {'fwd/img':>8} {'bwd/img':>8}  description"
     click.echo(header)

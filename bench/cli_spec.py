@@ -51,6 +51,8 @@ SPEC_OPTIONS = [
     click.option("--workers", metavar="N", help="Data-loading worker processes."),
     click.option("--map-cache", help="Saliency-map cache directory ('auto': $SALBENCH_HOME/maps); later runs reuse stored maps."),
     click.option("--map-precision", metavar="float32|float16|uint8", help="Precision maps are rounded to and stored at."),
+    click.option("--plugin", "plugin_files", multiple=True, metavar="FILE", help="A Python file that registers methods (repeatable)."),
+    click.option("--import", "plugin_modules", multiple=True, metavar="MODULE", help="A module that registers methods when imported (repeatable)."),
 ]
 
 
@@ -61,12 +63,28 @@ def spec_options(fn):
     return fn
 
 
+def load_flag_plugins(files: tuple[str, ...] = (), modules: tuple[str, ...] = ()) -> list[str]:
+    """Load ``--plugin`` files and ``--import`` modules; a failure is one line naming the flag."""
+    from salbench.errors import UsageError
+    from salbench.plugins import load_plugin
+
+    for flag, sources in (("--plugin", files), ("--import", modules)):
+        for source in sources:
+            try:
+                load_plugin(source)
+            except UsageError as exc:
+                raise UsageError(f"{flag} {source}: {exc}") from None
+    return [*files, *modules]
+
+
 def spec_from_flags(config_path, dataset, methods, exclude_methods, models, eval_models, metric_names, exclude_metrics, limit, batch_size,
-                     binarize, inpaint, target, seed, device, dtype, workers, map_cache, map_precision):
+                     binarize, inpaint, target, seed, device, dtype, workers, map_cache, map_precision, plugin_files=(), plugin_modules=()):
     from salbench.config import RunSpec
 
+    flag_plugins = load_flag_plugins(plugin_files, plugin_modules)  # before the config file, whose keys may name their methods
     spec = RunSpec.from_file(config_path) if config_path else RunSpec()
     return spec.replace(
+        plugins=list(dict.fromkeys([*spec.plugins, *flag_plugins])) if flag_plugins else None,
         dataset=dataset, methods=methods, exclude_methods=exclude_methods, models=models, eval_models=eval_models,
         metrics=metric_names, exclude_metrics=exclude_metrics, limit=flag_number(limit), batch_size=flag_number(batch_size),
         binarize=binarize, inpaint=inpaint, target=target, seed=flag_number(seed), device=device, dtype=dtype,

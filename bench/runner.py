@@ -53,6 +53,7 @@ from salbench.metrics.binarize import BINARIZERS
 from salbench.metrics.boxes import BOX_RULES
 from salbench.metrics.inpainting import INPAINTERS
 from salbench.metrics.sanity import SanityContext, random_other_class
+from salbench.plugins import provenance as plugin_provenance
 from salbench.randomise import layer_groups, randomised_classifier
 from salbench.results import RunLock, RunWriter, atomic_write_json, is_empty_run_dir, progress_info, read_run_json, schema
 from salbench.plan import Speeds, build_plan, load_saved_speeds
@@ -93,9 +94,8 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         methods = [m for m in methods if METHODS.get(m).default_selected]
     if not methods:
         raise UsageError(f"no methods left after excluding {spec.exclude_methods}")
-    unknown = sorted(set(spec.method_params) - set(METHODS.names()))
-    if unknown:
-        METHODS.get(unknown[0])
+    for name in sorted(set(spec.method_params) - set(METHODS.names())):
+        METHODS.get(name)  # an adapter spec (captum:...) builds; anything else is an unknown method
     dataset = build_dataset(spec.dataset)
     # per-dataset defaults (e.g. RISE mask count, occlusion window for the image size), then the spec's
     method_params = {m: {**METHODS.get(m).defaults_for(tuple(dataset.image_size)), **spec.method_params.get(m, {})} for m in methods}
@@ -104,6 +104,9 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     for method in created.values():
         method.check_image_size(tuple(dataset.image_size))
     method_configs = {m: method.config() for m, method in created.items()}
+    for m, method in created.items():  # a method from outside salbench: its family recorded for the report
+        if not type(method).__module__.startswith("salbench."):
+            method_configs[m].setdefault("family", method.capabilities.family)
     metrics = select_metrics(spec.metrics, spec.exclude_metrics, spec.metric_params, tuple(dataset.image_size))
     if spec.limit is not None and spec.limit > len(dataset):
         print(f"salbench: warning: limit={spec.limit} is more than the {len(dataset)} images of {dataset.spec}; evaluating {len(dataset)}", file=sys.stderr)
@@ -132,6 +135,12 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         "metric_configs": {n: m.config() for n, m in metrics.items()},
         "salbench_version": __version__,
     }
+    # plugin files (sha256) and modules / entry points (version) the methods come from; absent
+    # without plugins, so that specs without any keep their hash and run directory name
+    used_plugins = plugin_provenance(methods, spec.plugins)
+    config.pop("plugins", None)
+    if used_plugins:
+        config["plugins"] = used_plugins
     return ResolvedRun(spec, methods, models, eval_models, method_configs, dataset, spec_hash(config), config, method_params, metrics)
 
 
@@ -300,23 +309,25 @@ class Evaluator:
         })
 
     def _maps(self, mname: str, src: str, x: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, counts: dict[str, int],
-              digest: str = "") -> torch.Tensor:
-        """Maps of one (method, source) batch, from the map cache when it holds trusted ones
-        (``digest``: ``images_digest(x)``; stale and corrupt entries are recomputed and counted)."""
+              digest: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Maps of one (method, source) batch and the method's per-image diagnostics, from the map
+        cache when it holds trusted ones (``digest``: ``images_digest(x)``; stale and corrupt
+        entries are recomputed and counted; cached maps come without diagnostics)."""
         key = self._map_key(mname, src) if self.map_cache is not None else ""
         if self.map_cache is not None:
             cached, status = self.map_cache.load(key, index, digest, (len(x), *x.shape[2:]))
             if cached is not None:
                 counts["maps_reused"] = counts.get("maps_reused", 0) + len(x)
-                return cached.to(x.device)
+                return cached.to(x.device), {}
             if status in ("stale", "corrupt"):
                 counts[f"maps_{status}"] = counts.get(f"maps_{status}", 0) + len(x)
         seeds = image_seeds(self.spec.seed, index, self._salt(mname))
-        maps = quantize(self.methods[mname](self.classifiers[src], x, targets, seeds), self.spec.map_precision)
+        diagnostics: dict[str, torch.Tensor] = {}
+        maps = quantize(self.methods[mname](self.classifiers[src], x, targets, seeds, diagnostics=diagnostics), self.spec.map_precision)
         counts["maps_computed"] = counts.get("maps_computed", 0) + len(x)
         if self.map_cache is not None:
             self.map_cache.save(key, index, maps, {"method": mname, "source": src, "dataset": self.r.dataset.spec}, digest)
-        return maps
+        return maps, diagnostics
 
     def _randomised_copy(self, src: str, depth: int) -> Classifier:
         """The source classifier with its top ``depth`` layer groups re-initialised (cached on disk)."""
@@ -379,13 +390,13 @@ class Evaluator:
     def _salt(self, method: str) -> int:
         return int(hashlib.sha1(method.encode()).hexdigest()[:7], 16)
 
-    def _localize(self, maps: torch.Tensor, batch) -> MapContext:
+    def _localize(self, maps: torch.Tensor, batch, diagnostics: dict[str, torch.Tensor] | None = None) -> MapContext:
         """Binarise, box, and every localization-table metric that does not depend on the source
         classifier (those that do run per source in ``_per_source``)."""
         spec = self.spec
         b = binarize.binarize(maps, spec.binarize, **spec.binarize_params)
         box, box_valid = boxes.box_from_mask(b, spec.box, saliency=maps, images=batch.images)
-        ctx = MapContext(maps=maps, binary=b, box=box, box_valid=box_valid, batch=batch)
+        ctx = MapContext(maps=maps, binary=b, box=box, box_valid=box_valid, batch=batch, diagnostics=dict(diagnostics or {}))
         for metric in metrics_for("localization", self.r.metrics):
             if not metric.per_source and metric.applies(ctx):
                 ctx.values.update(metric.compute(ctx))
@@ -485,9 +496,9 @@ class Evaluator:
                 else:
                     try:
                         with self.clock("maps", mname, src):
-                            maps = self._maps(mname, src, x, targets, batch.index, counts, digest)
+                            maps, diagnostics = self._maps(mname, src, x, targets, batch.index, counts, digest)
                         with self.clock("localize", mname, src):
-                            ctx = self._localize(maps, batch)
+                            ctx = self._localize(maps, batch, diagnostics)
                         stored = None
                         if picked:  # the inpainting is redone on these images alone: per-image backends give the same pixels
                             inpainted = agnosticism.compose(x[picked], ctx.binary[picked], "inpainted", inpaint=spec.inpaint)
@@ -603,6 +614,10 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
     resolved = resolve(spec)
     device = resolve_device(spec.device)
     shard = distributed.init_from_env(device.type)
+    if not distributed.all_equal(resolved.hash, shard):  # e.g. a plugin file that differs between the ranks' machines
+        distributed.shutdown(shard)
+        raise UsageError(f"the torchrun ranks resolved different run specs (rank {shard.rank}: {resolved.run_id}); "
+                         "every rank must load the same plugins, installed packages and files")
     if device.type == "cuda" and shard.world_size > 1:
         device = torch.device("cuda", shard.local_rank)
     choice: tuple[Any, ...]
@@ -643,6 +658,7 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
                 "classifiers": {k: v.describe() for k, v in evaluator.classifiers.items()},
                 "not_applicable": [{"method": m, "model": s, "reason": why} for (m, s), why in sorted(evaluator.not_applicable.items())],
                 "versions": versions(),
+                "plugins": resolved.config.get("plugins", []),
                 "git_commit": git_commit(),
                 "device": device_name(device),
                 "world_size": shard.world_size,
