@@ -185,7 +185,12 @@ def zoo_build(names, force) -> None:
 @click.option("--strict-protocol", is_flag=True, help="Refuse runs with different protocols instead of reporting them in separate sections.")
 @click.option("--n-boot", type=click.IntRange(1, 100000), default=1000, show_default=True, help="Bootstrap resamples for the 95% intervals.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resampling.")
-def report(run_dirs, out, paired, paired_metrics, methods, no_qualitative, qualitative_images, strict_protocol, n_boot, seed) -> None:
+@click.option("--cost-metric", default="f1", show_default=True, metavar="METRIC",
+              help="Leaderboard metric of the quality-vs-cost figure (score against images/s), e.g. le, masked_out_top1, mprt_spearman.")
+@click.option("--throughput", "throughput_path", type=click.Path(exists=True), metavar="PATH",
+              help="throughput.parquet (or its folder) from `salbench throughput`: images/s for the leaderboard and the quality-vs-cost figure "
+                   "(default: the run's own throughput.parquet, else its recorded map timing).")
+def report(run_dirs, out, paired, paired_metrics, methods, no_qualitative, qualitative_images, strict_protocol, n_boot, seed, cost_metric, throughput_path) -> None:
     """Leaderboard (Markdown + self-contained HTML), paper tables (md/tex/csv) and figures from run directories' Parquet tables."""
     from salbench.examples import EXAMPLE_COUNT
     from salbench.registry import split_list
@@ -199,9 +204,10 @@ def report(run_dirs, out, paired, paired_metrics, methods, no_qualitative, quali
     metrics = [m for v in paired_metrics for m in split_list(v)] or list(DEFAULT_PAIRED_METRICS)
     for m in metrics:
         metric_descriptor(m)
+    metric_descriptor(cost_metric)  # unknown: one line with close matches, before any work
     result = write_report(dirs, out_dir, qualitative=not no_qualitative, qualitative_images=qualitative_images,
                           paired=parse_pairs(paired), paired_metrics=metrics, methods=split_list(methods) or None,
-                          strict=strict_protocol, n_boot=n_boot, seed=seed)
+                          strict=strict_protocol, n_boot=n_boot, seed=seed, cost_metric=cost_metric, throughput=throughput_path)
     click.echo(result["files"]["leaderboard.md"].read_text())
     for name, path in result["files"].items():
         click.echo(f"written: {path}")

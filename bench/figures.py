@@ -211,6 +211,39 @@ def causal_curves(group: Group, board=None):
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("target probability", fontsize=8)
     axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+
+
+# ----------------------------------------------------------------------------- sanity, agreement, cost
+def sanity_figure(frame):
+    """Similarity of each randomised map to the original against the randomised depth (MPRT),
+    one column per source classifier, one row per similarity; None without MPRT rows."""
+    f = frame[frame["test"] == "mprt"] if len(frame) else frame
+    if f.empty:
+        return None
+    plt = _plt()
+    sims = [c for c in ("spearman", "ssim", "hog") if c in f.columns]
+    sources = list(dict.fromkeys(f["source_model"]))
+    fig, axes = plt.subplots(len(sims), len(sources), figsize=(3.6 * len(sources), 2.6 * len(sims)), squeeze=False, sharey=True)
+    for j, src in enumerate(sources):
+        part = f[f["source_model"] == src]
+        layers = dict(zip(part["depth"].astype(int), part["layers"]))
+        ticks = [0, *sorted(layers)]
+        for i, sim in enumerate(sims):
+            ax = axes[i][j]
+            for method, rows in part.groupby("method", sort=False):
+                rows = rows.sort_values("depth")
+                control = bool(rows["control"].iloc[0])
+                ax.plot([0, *rows["depth"].astype(int)], [1.0, *rows[sim]], marker="o", ms=3, lw=1, ls="--" if control else "-",
+                        color="#9e9e9e" if control else None, label=method)
+            ax.set_xticks(ticks)
+            ax.set_xticklabels(["trained", *(layers[t] for t in ticks[1:])], rotation=45, ha="right", fontsize=7)
+            ax.axhline(0, color="#cccccc", lw=0.5)
+            if j == 0:
+                ax.set_ylabel(sim)
+            if i == 0:
+                ax.set_title(src, fontsize=9)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("MPRT: similarity to the original map, randomising from the top layer group down (lower = passes)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -219,3 +252,57 @@ def method_family_is_control(method: str, board=None) -> bool:
     if board is not None and len(board) and "control" in board.columns:
         return bool(board.loc[board["method"].astype(str) == method, "control"].astype(bool).any())
     return False
+
+
+def agreement_figure(agreement, metrics, matrix):
+    """Kendall-tau heat map of metric pairs, one panel per source classifier; None when empty."""
+    if agreement.empty or len(metrics) < 2:
+        return None
+    plt = _plt()
+    sources = list(dict.fromkeys(agreement["source_model"]))
+    n = len(metrics)
+    fig, axes = plt.subplots(1, len(sources), figsize=(0.45 * n * len(sources) + 2, 0.45 * n + 1.8), squeeze=False)
+    im = None
+    for j, src in enumerate(sources):
+        ax = axes[0][j]
+        mat = matrix(agreement, src, metrics)
+        im = ax.imshow(mat, vmin=-1, vmax=1, cmap="RdBu")
+        for a in range(n):
+            for b in range(n):
+                if not np.isnan(mat[a, b]):
+                    ax.text(b, a, f"{mat[a, b]:.1f}", ha="center", va="center", fontsize=6)
+        ax.set_xticks(range(n))
+        ax.set_xticklabels(metrics, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(metrics if j == 0 else [""] * n, fontsize=7)
+        ax.set_title(src, fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="Kendall τ of method rankings")
+    return fig
+
+
+def quality_cost_figure(frame, metric: str, header: str, speed_source: str):
+    """Score on ``metric`` against images/s (log axis), one panel per source classifier, Pareto
+    front joined; None without points."""
+    if frame.empty:
+        return None
+    plt = _plt()
+    sources = list(dict.fromkeys(frame["source_model"]))
+    fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 3.4), squeeze=False)
+    for j, src in enumerate(sources):
+        ax = axes[0][j]
+        part = frame[frame["source_model"] == src]
+        ctrl = part["control"].fillna(False).astype(bool)
+        ax.scatter(part.loc[~ctrl, "images_per_s"], part.loc[~ctrl, "score"], s=18, color="#2b8cbe", zorder=3)
+        ax.scatter(part.loc[ctrl, "images_per_s"], part.loc[ctrl, "score"], s=14, color="#9e9e9e", marker="s", zorder=3)
+        front = part[part["pareto"]].sort_values("images_per_s")
+        ax.plot(front["images_per_s"], front["score"], color="#e34a33", lw=1.2, zorder=2, label="Pareto front")
+        for r in part.itertuples():
+            ax.annotate(r.method, (r.images_per_s, r.score), fontsize=6, xytext=(3, 2), textcoords="offset points",
+                        color="#e34a33" if r.pareto else "#333333")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"images/s ({speed_source})")
+        ax.set_ylabel(header if j == 0 else "")
+        ax.set_title(src, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

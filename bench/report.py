@@ -43,11 +43,13 @@ import numpy as np
 import pandas as pd
 
 from salbench import figures as F
+from salbench.analysis_report import ANALYSIS_TABLES, Analysis, analysis_markdown, build_analysis, load_throughput
 from salbench.errors import UsageError
 from salbench.examples import EXAMPLE_COUNT
 from salbench.html_report import Page, esc, table_html
-from salbench.metrics.base import SHOWN_VARIANTS, localization_summaries, variant_scores, variant_summary
+from salbench.metrics.base import SHOWN_VARIANTS, localization_summaries, sanity_summaries, variant_scores, variant_summary
 from salbench.paper import mask_stats, table1, table2, table3
+from salbench.quality_cost import DEFAULT_COST_METRIC
 from salbench.render import Col, Table, md_escape
 from salbench.results import atomic_write_bytes
 from salbench.tables import (
@@ -76,6 +78,9 @@ def leaderboard_columns(board: pd.DataFrame) -> list[Col]:
             for v in SHOWN_VARIANTS:
                 info = variant_summary(score, v)
                 cols += [Col(info.name, info.header, info.name, info.digits, ci=info.ci), Col(f"{info.name}_self", "self", None, info.digits)]
+    for c in sanity_summaries():  # only when the runs hold sanity rows
+        if c.leaderboard and c.name in board.columns and board[c.name].notna().any():
+            cols.append(Col(c.name, c.header or c.name, c.name, c.digits, ci=c.ci))
     if "images_per_s" in board.columns and board["images_per_s"].notna().any():
         cols.append(Col("images_per_s", "images/s", "images_per_s", 1))
     cols.append(Col("note", "note", kind="text"))
@@ -112,14 +117,20 @@ class Report:
     paired: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    analysis: Analysis | None = None  # sanity, metric agreement, quality vs cost (salbench.analysis_report)
 
 
 def build_report(run_dirs: Sequence[str | Path], *, methods: Sequence[str] | None = None, paired: Sequence[tuple[str, str]] = (),
                  paired_metrics: Sequence[str] = DEFAULT_PAIRED_METRICS, strict: bool = False, n_boot: int = 1000,
-                 alpha: float = 0.05, seed: int = 0) -> Report:
-    """Everything computed (no files written)."""
+                 alpha: float = 0.05, seed: int = 0, cost_metric: str = DEFAULT_COST_METRIC, throughput: str | Path | None = None) -> Report:
+    """Everything computed (no files written). ``throughput``: a throughput table whose images/s
+    the leaderboard and the quality-vs-cost figure use in place of the runs' own."""
     t0 = time.perf_counter()
     groups = load_groups(run_dirs, strict=strict)
+    if throughput is not None:
+        measured = load_throughput(throughput)
+        for g in groups:
+            g.throughput = measured
     t1 = time.perf_counter()
     boards = [filter_methods(leaderboard(g, n_boot=n_boot, alpha=alpha, seed=seed), methods) for g in groups]
     t2 = time.perf_counter()
@@ -130,6 +141,9 @@ def build_report(run_dirs: Sequence[str | Path], *, methods: Sequence[str] | Non
     if paired:
         frames = [paired_from_groups(groups, a, b, m, n_boot=n_boot, alpha=alpha, seed=seed) for a, b in paired for m in paired_metrics]
         rep.paired = pd.concat(frames, ignore_index=True) if frames else None
+    shown = [[c.metric for c in leaderboard_columns(b) if c.metric] for b in boards]
+    rep.analysis = build_analysis(groups, boards, shown, cost_metric)
+    rep.notes += rep.analysis.notes
     for g in groups:
         rep.notes += [f"protocol {g.index}: {n}" for n in g.notes] if len(groups) > 1 else list(g.notes)
     rep.timings = {"load_s": t1 - t0, "leaderboard_s": t2 - t1, "tables_s": time.perf_counter() - t2}
@@ -175,6 +189,8 @@ def leaderboard_markdown(rep: Report, *, n_boot: int = 1000, alpha: float = 0.05
         out += md.split("\n")[4:]  # drop the Table's own title/caption
     if rep.paired is not None and len(rep.paired):
         out += [paired_markdown(rep.paired, alpha)]
+    if rep.analysis is not None:
+        out += [analysis_markdown(rep.analysis)]
     if rep.notes:
         out += ["## Notes", ""] + [f"- {md_escape(n)}" for n in rep.notes] + [""]
     if files:
@@ -221,6 +237,22 @@ def leaderboard_html(rep: Report, figures: dict[str, bytes], *, n_boot: int = 10
                         + f'<td data-v="{esc(verdict)}" class="{"sig" if sig else "nsig"}">{esc(verdict)}</td></tr>')
         rows.append("</tbody></table>")
         page.raw("".join(rows))
+    an = rep.analysis
+    if an is not None and any(not an.tables[n].empty() for n in ANALYSIS_TABLES):
+        page.h(2, "Sanity checks, metric agreement, quality vs cost", "analysis")
+        for name in ANALYSIS_TABLES:
+            t = an.tables[name]
+            if t.empty():
+                continue
+            page.h(3, t.title, f"table-{name}")
+            page.p(t.caption)
+            for label, df in t.blocks:
+                if label:
+                    page.p(label, "meta")
+                page.raw(table_html(t, df, row_class=lambda r: "control" if bool(r.get("control")) else ""))
+            for key, png in figures.items():
+                if key == name or key.startswith(f"{name}-p"):
+                    page.figure(png, an.captions.get(name, name))
     page.h(2, "Paper tables", "tables")
     for name in PAPER_TABLES:
         t = rep.tables.get(name)
@@ -264,10 +296,11 @@ def class_model_section(run_dirs: Sequence[str | Path], out: Path) -> str:
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, qualitative: bool = True, qualitative_images: int = EXAMPLE_COUNT,
                  paired: Sequence[tuple[str, str]] = (), paired_metrics: Sequence[str] = DEFAULT_PAIRED_METRICS,
                  methods: Sequence[str] | None = None, strict: bool = False, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
-                 figures: bool = True) -> dict[str, Any]:
+                 figures: bool = True, cost_metric: str = DEFAULT_COST_METRIC, throughput: str | Path | None = None) -> dict[str, Any]:
     """Write the whole report under ``out_dir``; returns {"files": {name: Path}, "notes": [...], "timings": {...}}."""
     out = Path(out_dir)
-    rep = build_report(run_dirs, methods=methods, paired=paired, paired_metrics=paired_metrics, strict=strict, n_boot=n_boot, alpha=alpha, seed=seed)
+    rep = build_report(run_dirs, methods=methods, paired=paired, paired_metrics=paired_metrics, strict=strict, n_boot=n_boot, alpha=alpha, seed=seed,
+                       cost_metric=cost_metric, throughput=throughput)
     files: dict[str, Path] = {}
     t0 = time.perf_counter()
     # paper tables
@@ -282,6 +315,14 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, qualita
         for ext, text in (("md", t.to_markdown(level=1)), ("tex", t.to_latex()), ("csv", t.to_csv())):
             _write_text(tdir / f"{name}.{ext}", text)
             files[f"tables/{name}.{ext}"] = tdir / f"{name}.{ext}"
+    for name in ANALYSIS_TABLES:  # sanity, agreement, quality_cost: stale files of an earlier report dropped
+        t = rep.analysis.tables[name]
+        for ext, text in (("md", t.to_markdown(level=1)), ("tex", t.to_latex()), ("csv", t.to_csv())):
+            if t.empty():
+                (tdir / f"{name}.{ext}").unlink(missing_ok=True)
+            else:
+                _write_text(tdir / f"{name}.{ext}", text)
+                files[f"tables/{name}.{ext}"] = tdir / f"{name}.{ext}"
     if rep.paired is not None and len(rep.paired):
         _write_text(tdir / "paired.md", paired_markdown(rep.paired, alpha))
         _write_text(tdir / "paired.csv", rep.paired.to_csv(index=False, float_format="%.6g"))
@@ -327,9 +368,16 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, qualita
                     figs[f"qualitative{sfx}"] = png
             else:
                 fig_notes.append("qualitative figure not drawn: run `salbench report RUN_DIR` without --no-qualitative")
+        for key, fig in rep.analysis.figures.items():  # sanity, agreement, quality_cost (per protocol)
+            png, pdf = F.save_bytes(fig, "png"), F.save_bytes(fig, "pdf")
+            F._plt().close(fig)
+            for ext, data in (("png", png), ("pdf", pdf)):
+                atomic_write_bytes(fdir / f"{key}.{ext}", data)
+                files[f"figures/{key}.{ext}"] = fdir / f"{key}.{ext}"
+            figs[key] = png
     t2 = time.perf_counter()
     links = {k: k for k in files}
-    md = leaderboard_markdown(Report(rep.groups, rep.boards, rep.tables, rep.paired, rep.notes + fig_notes), n_boot=n_boot, alpha=alpha, files=links)
+    md = leaderboard_markdown(Report(rep.groups, rep.boards, rep.tables, rep.paired, rep.notes + fig_notes, analysis=rep.analysis), n_boot=n_boot, alpha=alpha, files=links)
     md += class_model_section(run_dirs, out)
     _write_text(out / "leaderboard.md", md)
     _write_text(out / "leaderboard.html", leaderboard_html(rep, figs, n_boot=n_boot, alpha=alpha, fig_notes=fig_notes))

@@ -7,6 +7,7 @@ Layout of a run directory::
     agnosticism/part-00012.parquet
     example_images/part-00003.parquet, example_maps/part-00003.parquet
                                   only the batches holding the example images (salbench.examples)
+    sanity/part-00000.parquet     only the batches holding the sanity checks' images (metrics/sanity.py)
     _progress/00012.json          written last: batch 12 is complete in every table
     leaderboard.md, ...           the report (``salbench report``; ``salbench run`` writes it at the end)
 
@@ -36,9 +37,12 @@ from salbench.metrics.base import TABLES as METRIC_TABLES
 from salbench.metrics.base import table_schema
 from salbench.store import atomic_directory, atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported: results.atomic_* keep working)
 
-#: Tables a batch writes only when it has rows for them (``salbench.examples``).
-SPARSE_TABLES = ("example_images", "example_maps")
-TABLES = (*METRIC_TABLES, *SPARSE_TABLES)
+#: Tables a batch writes only when it has rows for them (``salbench.examples``; ``sanity``: the
+#: sanity checks run on the first images of a run only).
+SPARSE_TABLES = ("example_images", "example_maps", "sanity")
+#: Tables of pixels, compressed harder (written once per run).
+EXAMPLE_TABLES = ("example_images", "example_maps")
+TABLES = tuple(dict.fromkeys((*METRIC_TABLES, *SPARSE_TABLES)))
 
 
 def schema(name: str) -> pa.Schema:
@@ -139,7 +143,7 @@ class RunWriter:
         for name, table in tables.items():
             if name in SPARSE_TABLES and table.num_rows == 0:
                 continue
-            data = table_bytes(table.cast(schema(name)), EXAMPLE_COMPRESSION_LEVEL if name in SPARSE_TABLES else None)
+            data = table_bytes(table.cast(schema(name)), EXAMPLE_COMPRESSION_LEVEL if name in EXAMPLE_TABLES else None)
             atomic_write_bytes(self.run_dir / name / part_name(unit), data)
             parts[name] = {"rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         atomic_write_json(self.run_dir / "_progress" / f"{unit:05d}.json", {**info, "parts": parts})

@@ -10,6 +10,9 @@ is built from what it returns and only evaluates. For each batch of images (pixe
   classifier scores them -> agnosticism rows;
 * for the few example images of the run (``salbench.examples``), the image and every pair's map,
   binary mask and inpainted image, for the report's qualitative figure;
+* for the first images of the run (``sanity`` metric ``images``), the sanity checks: every pair's
+  maps recomputed on randomised copies of the source classifier and for a random class, compared
+  with the maps the batch already computed (table ``sanity``, ``metrics/sanity.py``);
 * the batch's rows are written as one atomic part file per table, then its completion marker.
 
 The report (leaderboard, paper tables, figures) is not written here: it reads these files
@@ -49,7 +52,9 @@ from salbench.metrics import MapContext, Metric, ScoreContext, agnosticism, bina
 from salbench.metrics.binarize import BINARIZERS
 from salbench.metrics.boxes import BOX_RULES
 from salbench.metrics.inpainting import INPAINTERS
+from salbench.metrics.sanity import SanityContext, random_other_class
 from salbench.plugins import provenance as plugin_provenance
+from salbench.randomise import layer_groups, randomised_classifier
 from salbench.results import RunLock, RunWriter, atomic_write_json, is_empty_run_dir, progress_info, read_run_json, schema
 from salbench.plan import Speeds, build_plan, load_saved_speeds
 from salbench.progress import RunProgress
@@ -282,6 +287,9 @@ class Evaluator:
         self.on_step: Callable[[str, str], None] | None = None  # called as each (method, source) pair starts
         self.example_indices = set(examples.choose(resolved.config.get("num_images", 0), self.spec.seed))
         self.not_applicable: dict[tuple[str, str], str] = {}
+        sanity = [m for m in metrics_for("sanity", resolved.metrics) if m.name == "sanity"]
+        self.sanity = sanity[0] if sanity and sanity[0].params.images > 0 else None
+        self._randomised: dict[tuple[str, int], Classifier] = {}
         for src in resolved.models:
             for name, method in self.methods.items():
                 try:
@@ -320,6 +328,64 @@ class Evaluator:
         if self.map_cache is not None:
             self.map_cache.save(key, index, maps, {"method": mname, "source": src, "dataset": self.r.dataset.spec}, digest)
         return maps, diagnostics
+
+    def _randomised_copy(self, src: str, depth: int) -> Classifier:
+        """The source classifier with its top ``depth`` layer groups re-initialised (cached on disk)."""
+        key = (src, depth)
+        if key not in self._randomised:
+            self._randomised[key] = randomised_classifier(self.classifiers[src], depth, self.sanity.params.seed)
+        return self._randomised[key]
+
+    def _sanity(self, batch, sel: list[int], kept: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]], out: "_Rows",
+                counts: dict[str, int]) -> None:
+        """The sanity checks on images ``sel`` of the batch: each kept (method, source) pair's maps
+        recomputed on randomised copies of the source (cascading MPRT) and for a random other
+        class, compared with the original maps by the sanity-table metrics.
+
+        Only classifier-dependent methods are recomputed; a classifier-independent method's maps
+        (controls, trained maskers) read neither the classifier nor the class, so its recomputed map
+        is its original one and every similarity is 1 (tests/metrics/test_sanity.py recomputes
+        controls on a randomised network and finds them identical). The method's own per-image
+        seeds are reused, so a stochastic map changes only if the classifier or the class does.
+        """
+        r, spec, metric = self.r, self.spec, self.sanity
+        x, index = batch.images[sel], batch.index[sel]
+        ids = dict(run_id=r.run_id, dataset=r.dataset.spec, image_index=_np(index).astype(np.int64), image_id=[batch.ids[i] for i in sel],
+                   label=_np(batch.labels[sel]).astype(np.int64))
+        for src in r.models:
+            clf = self.classifiers[src]
+            n_groups = len(layer_groups(clf.model))
+            tests: list[tuple[str, int | None]] = [("mprt", d) for d in metric.depths_for(n_groups)]
+            if metric.params.random_logit:
+                tests.append(("random_logit", None))
+            for test, depth in tests:
+                for (mname, s), (original, targets) in kept.items():
+                    if s != src:
+                        continue
+                    row = dict(**ids, method=mname, source_model=src, test=test, depth=depth, groups=n_groups if test == "mprt" else None)
+                    try:
+                        with self.clock("sanity", mname, src):
+                            model = self._randomised_copy(src, depth) if depth is not None else clf
+                            row["layers"] = model.meta["mprt_layers"][-1] if depth is not None else None
+                            t = targets if test == "mprt" else random_other_class(targets, image_seeds(spec.seed, index, self._salt("random_logit")), clf.num_classes)
+                            seeds = image_seeds(spec.seed, index, self._salt(mname))
+                            if self.methods[mname].capabilities.classifier_dependent:
+                                other = quantize(self.methods[mname](model, x, t, seeds), spec.map_precision)
+                            else:  # reads neither the classifier nor the class: its map is the original
+                                other = original
+                            ctx = SanityContext(original, other, test)
+                            for m in metrics_for("sanity", r.metrics):
+                                ctx.values.update(m.compute(ctx))
+                    except torch.cuda.OutOfMemoryError:
+                        raise
+                    except Exception as exc:  # one failing recomputation is an error row, not a crash
+                        if os.environ.get("SALBENCH_DEBUG"):
+                            traceback.print_exc()
+                        counts["sanity_errors"] = counts.get("sanity_errors", 0) + len(sel)
+                        out.add(**row, target=_np(targets).astype(np.int64), error=_one_line(exc))
+                        continue
+                    counts["sanity_maps"] = counts.get("sanity_maps", 0) + len(sel)
+                    out.add(**row, target=_np(t).astype(np.int64), error=None, **{k: _column(v) for k, v in ctx.values.items()})
 
     def _salt(self, method: str) -> int:
         return int(hashlib.sha1(method.encode()).hexdigest()[:7], 16)
@@ -383,7 +449,7 @@ class Evaluator:
     def evaluate_batch(self, batch) -> tuple[dict[str, pa.Table], dict[str, int]]:
         spec, r = self.spec, self.r
         loc, agn = _Rows(), _Rows()
-        rows = {"localization": loc, "agnosticism": agn, "example_images": _Rows(), "example_maps": _Rows()}
+        rows = {"localization": loc, "agnosticism": agn, "example_images": _Rows(), "example_maps": _Rows(), "sanity": _Rows()}
         counts = {"maps": 0, "errors": 0, "load_errors": 0}
         if batch.errors is not None:  # images that failed to load: one error row each, then the rest
             bad = [i for i, e in enumerate(batch.errors) if e]
@@ -415,6 +481,9 @@ class Evaluator:
         # source classifier: compute maps and eval scores once, write rows for every source.
         shared: dict[str, Any] = {}
         shared_forwards: dict[Any, Any] = {}  # method-independent forwards of model metrics (substrate logits)
+        # the sanity checks' images in this batch, and the original maps they compare against
+        sanity_sel = [i for i, k in enumerate(batch.index.tolist()) if k < self.sanity.params.images] if self.sanity else []
+        kept: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
         for src in r.models:
             src_logits = logits_clean[src]
@@ -453,6 +522,8 @@ class Evaluator:
                     loc.add(**row_base, binarize=spec.binarize, error=_one_line(result), source_correct=_np(source_correct).astype(bool))
                     continue
                 ctx, per_eval, stored = result
+                if sanity_sel and self.sanity.covers(mname):
+                    kept[(mname, src)] = (ctx.maps[sanity_sel], targets[sanity_sel])
                 if stored is not None:  # a shared result's examples are stored once, for every source
                     rows["example_maps"].add(image_index=ids["image_index"][picked], method=mname, source_model=None if independent else src, **stored)
                     result[2] = None
@@ -475,6 +546,8 @@ class Evaluator:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=_one_line(scores))
                         else:
                             agn.add(**row_base, eval_model=ev, variant=variant, inpaint=spec.inpaint, error=None, **scores)
+        if kept:  # seconds under "sanity/<method>/<source>" in the batch marker and run.json timing
+            self._sanity(batch, sanity_sel, kept, rows["sanity"], counts)
         return {k: v.table(schema(k)) for k, v in rows.items()}, counts
 
 
@@ -487,6 +560,7 @@ SORT_KEYS = {
     "agnosticism": ["source_model", "method", "eval_model", "variant", "image_index"],
     "example_images": ["image_index"],
     "example_maps": ["source_model", "method", "image_index"],
+    "sanity": ["source_model", "method", "test", "depth", "image_index"],
 }
 
 

@@ -5,6 +5,7 @@ Layout (unchanged from earlier releases, so existing caches stay valid)::
     $SALBENCH_HOME/zoo/     trained zoo classifiers and rendered synthetic data (salbench.zoo)
     $SALBENCH_HOME/casm/    trained CASM maskers and resumable training state (salbench.casm)
     $SALBENCH_HOME/maps/    the saliency-map cache of ``map_cache: auto`` (salbench.mapcache)
+    $SALBENCH_HOME/sanity/  randomised classifier copies of the sanity checks (salbench.randomise)
     <kind>/.locks/<name>.lock   one lock file per artefact being built (concurrent builders wait)
 
 ``$SALBENCH_HOME`` defaults to ``platformdirs.user_cache_dir("salbench")``.
@@ -42,7 +43,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: locks degrade to no-ops
     fcntl = None
 
-KINDS = ("zoo", "casm", "maps")
+KINDS = ("zoo", "casm", "maps", "sanity")
 
 
 def home() -> Path:
@@ -52,7 +53,7 @@ def home() -> Path:
 
 
 def path(kind: str) -> Path:
-    """The folder of one kind of artefact: ``home() / kind`` for ``zoo``, ``casm`` or ``maps``."""
+    """The folder of one kind of artefact: ``home() / kind`` for ``zoo``, ``casm``, ``maps`` or ``sanity``."""
     if kind not in KINDS:
         raise ValueError(f"unknown store kind {kind!r}; expected one of {', '.join(KINDS)}")
     return home() / kind

@@ -34,7 +34,7 @@ import pandas as pd
 
 from salbench.errors import UsageError, close_matches
 from salbench.metrics import METRICS, MetricInfo, descriptors
-from salbench.metrics.base import VARIANTS, localization_summaries, variant_scores
+from salbench.metrics.base import VARIANTS, localization_summaries, sanity_summaries, variant_scores
 from salbench.results import read_run_json, read_table
 
 CONTROL_NAMES = ("centre", "full", "random")
@@ -149,6 +149,7 @@ class Group:
     models: list[str]
     notes: list[str] = field(default_factory=list)
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+    sanity: pd.DataFrame | None = None  # the sanity table's rows (metrics/sanity.py); None: no run has one
 
     @property
     def label(self) -> str:
@@ -300,7 +301,22 @@ def _build_group(index: int, runs: list[RunInfo]) -> Group:
         na_rows.append({k: v for k, v in item.items() if k != "run"})
         method_runs.setdefault(item["method"], runs[item["run"]])
     throughput = pd.concat(tps, ignore_index=True) if tps else None
-    return Group(index, runs[0].protocol, runs, loc, agn, throughput, na_rows, method_runs, models, notes)
+    group = Group(index, runs[0].protocol, runs, loc, agn, throughput, na_rows, method_runs, models, notes)
+    group.sanity = _read_sanity(runs, pair_run)
+    return group
+
+
+def _read_sanity(runs: list[RunInfo], pair_run: dict[tuple[str, str], int]) -> pd.DataFrame | None:
+    """Sanity rows of each (method, source) pair from the run its leaderboard rows come from."""
+    frames = []
+    for k, r in enumerate(runs):
+        if not (r.path / "sanity").is_dir():
+            continue
+        df = read_table(r.path, "sanity")
+        if len(df):
+            mine = pd.MultiIndex.from_tuples(sorted(p for p, kk in pair_run.items() if kk == k) or [("", "")])
+            frames.append(df[pd.MultiIndex.from_frame(df[["method", "source_model"]]).isin(mine)])
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 # ----------------------------------------------------------------------------- per-image views
@@ -416,6 +432,33 @@ def throughput_columns(group: Group) -> pd.DataFrame | None:
     return out
 
 
+def sanity_columns(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame | None:
+    """The sanity summaries per (method, source classifier) with bootstrap CIs over images: each
+    summary averages the rows its metric names in ``SUMMARY_ROWS`` (test; only the full
+    randomisation), e.g. ``mprt_spearman`` over the MPRT rows where every layer group is random."""
+    df = group.sanity
+    if df is None or df.empty:
+        return None
+    from salbench.metrics import METRIC_REGISTRY
+
+    df = df[df["error"].isna()]
+    out: pd.DataFrame | None = None
+    for info in sanity_summaries():
+        owner = next(m for m in METRIC_REGISTRY._entries.values() if info in m.summaries)
+        test, full_only = owner.SUMMARY_ROWS[info.name]
+        rows = df[df["test"] == test]
+        if full_only:
+            rows = rows[rows["depth"] == rows["groups"]]
+        if rows.empty:
+            continue
+        s = summarize(rows, ["method", "source_model"], [info.source], n_boot=n_boot, alpha=alpha, seed=seed, ci=[info.source] if info.ci else [])
+        s = s.rename(columns={info.source: info.name, f"{info.source}_lo": f"{info.name}_lo", f"{info.source}_hi": f"{info.name}_hi"})
+        s = s.drop(columns=[f"{info.source}_n"]).astype({"method": str, "source_model": str})
+        _scale(s, info.name, info.percent)
+        out = s if out is None else _merge(out, s, how="outer")
+    return out
+
+
 def leaderboard(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
     """One row per (method, source classifier); percent metrics x100; ``<col>_lo/_hi`` 95% CIs."""
     loc_all = group.loc
@@ -472,6 +515,9 @@ def leaderboard(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: 
     tp = throughput_columns(group)
     if tp is not None and len(board):
         board = _merge(board, tp, how="left")
+    sanity = sanity_columns(group, n_boot=n_boot, alpha=alpha, seed=seed)
+    if sanity is not None and len(board):
+        board = _merge(board, sanity, how="left")
     # not-applicable pairs and pairs without rows
     extra = []
     present = set(zip(board["method"].astype(str), board["source_model"].astype(str))) if len(board) else set()

@@ -9,7 +9,8 @@ A metric (torchmetrics-style) is a small class with
   ``model``: the classifiers themselves, to score perturbed images: deletion / insertion, ROAD);
 * ``table``: which Parquet table its columns go to (``localization``: one row per image x
   method x source classifier; ``agnosticism``: one row per image x method x source x eval
-  classifier x image variant);
+  classifier x image variant; ``sanity``: one row per image x method x source x sanity test,
+  on the first images of the run only, see ``metrics/sanity.py``);
 * ``columns``: ``MetricInfo`` per output column: Arrow type, direction (higher / lower / none is
   better), unit (percent or not), how it is aggregated over images (``mean``; ``by_variant``:
   the agnosticism summary per image variant, cross-classifier and self; ``None``: stored only),
@@ -38,7 +39,7 @@ from salbench.registry import Registry
 Direction = Literal["lower", "higher"] | None
 Aggregate = Literal["mean", "std", "by_variant"] | None
 
-TABLES = ("localization", "agnosticism")
+TABLES = ("localization", "agnosticism", "sanity")
 NEEDS = frozenset({"maps", "binary", "box", "gt_boxes", "gt_masks", "source", "eval", "diagnostics", "model"})
 VARIANTS = ("original", "masked_in", "masked_out", "inpainted")
 #: What a good map does to a classifier's score on each image variant: keep the object in the
@@ -270,10 +271,16 @@ ID_COLUMNS: dict[str, list[tuple[str, pa.DataType]]] = {
     "agnosticism": [("run_id", pa.string()), ("dataset", pa.string()), ("image_index", pa.int64()), ("image_id", pa.string()),
                     ("label", pa.int64()), ("method", pa.string()), ("source_model", pa.string()), ("eval_model", pa.string()),
                     ("variant", pa.string()), ("inpaint", pa.string())],
+    # sanity checks (metrics/sanity.py): only the first images of a run; test "mprt" (depth: layer
+    # groups randomised from the top, of ``groups``; ``layers``: the deepest one) or "random_logit"
+    "sanity": [("run_id", pa.string()), ("dataset", pa.string()), ("image_index", pa.int64()), ("image_id", pa.string()),
+               ("label", pa.int64()), ("method", pa.string()), ("source_model", pa.string()), ("test", pa.string()),
+               ("depth", pa.int32()), ("groups", pa.int32()), ("layers", pa.string())],
 }
 TAIL_COLUMNS: dict[str, list[tuple[str, pa.DataType]]] = {
     "localization": [("target", pa.int64()), ("source_correct", pa.bool_()), ("error", pa.string())],
     "agnosticism": [("error", pa.string())],
+    "sanity": [("target", pa.int64()), ("error", pa.string())],
 }
 
 
@@ -357,6 +364,11 @@ def localization_summaries() -> list[MetricInfo]:
     cols = [c for c in metric_columns("localization") if c.aggregate == "mean"]
     extra = [s for m in metrics_for("localization") for s in m.summaries]
     return cols + extra
+
+
+def sanity_summaries() -> list[MetricInfo]:
+    """Leaderboard values of the sanity table (one per test, e.g. ``mprt_spearman``)."""
+    return [s for m in metrics_for("sanity") for s in m.summaries]
 
 
 def variant_scores() -> list[MetricInfo]:

@@ -52,6 +52,26 @@ def _example_tables(idx: np.ndarray, pairs, *, methods_independent, image_size, 
     return {"example_images": pa.Table.from_pydict({c: list(v) for c, v in img.items()}, schema=EXAMPLE_IMAGES_SCHEMA), "example_maps": maps_table}
 
 
+def _sanity_table(idx: np.ndarray, pairs, quality, rng, run_id: str, dataset: str, num_classes: int) -> pa.Table:
+    """Sanity rows (MPRT at depths 1-3 of 3 groups, random-logit): controls at similarity 1,
+    other methods falling with depth (a pair's level from its quality)."""
+    from salbench.results import schema
+
+    rows: dict[str, list] = {}
+    for m, s in pairs:
+        for test, depth in (("mprt", 1), ("mprt", 2), ("mprt", 3), ("random_logit", None)):
+            k = len(idx)
+            control = m in ("centre", "full", "random")
+            level = 1.0 if control else (1 - quality[(m, s)]) * (1.0 if depth is None else 1.0 / depth)
+            vals = np.ones(k) if control else np.clip(level + rng.normal(0, 0.05, k), -1, 1)
+            for c, v in dict(run_id=[run_id] * k, dataset=[dataset] * k, image_index=list(idx), image_id=[f"val-{i:06d}" for i in idx],
+                             label=list(idx % num_classes), method=[m] * k, source_model=[s] * k, test=[test] * k, depth=[depth] * k,
+                             groups=[3 if depth else None] * k, layers=[{1: "fc", 2: "layer4", 3: "conv1"}.get(depth)] * k,
+                             spearman=list(vals), ssim=list(vals), hog=list(vals), target=list(idx % num_classes), error=[None] * k).items():
+                rows.setdefault(c, []).extend(v)
+    return _table(schema("sanity"), rows, len(rows["run_id"]))
+
+
 def make_run(
     run_dir: str | Path,
     *,
@@ -73,6 +93,8 @@ def make_run(
     run_id: str | None = None,
     num_classes: int = 10,
     examples: bool = False,
+    sanity_images: int = 0,
+    map_timing: dict[str, float] | None = None,
 ) -> Path:
     run_dir = Path(run_dir)
     evals = list(evals or models)
@@ -132,6 +154,8 @@ def make_run(
         if examples:
             tables.update(_example_tables(idx, pairs, methods_independent=("centre", "full", "random"), image_size=image_size, rng=rng,
                                           num_classes=num_classes, chosen=choose(n_images, 0)))
+        if sanity_images and idx[0] < sanity_images:
+            tables["sanity"] = _sanity_table(idx[idx < sanity_images], pairs, quality, rng, run_id, dataset, num_classes)
         writer.write_unit(unit, tables, {"unit": unit, "images": b})
     spec = {
         "dataset": dataset, "protocol": {"dataset": dataset, "image_size": list(image_size), "num_classes": num_classes},
@@ -144,6 +168,9 @@ def make_run(
         "not_applicable": [{"method": m, "model": s, "reason": r} for (m, s), r in na.items()],
         "classifiers": {m: {"name": m} for m in dict.fromkeys(models + evals)},
     }
+    if map_timing:  # the runner's stage clock: seconds per "maps/<method>/<source>"
+        meta["timing"] = {"seconds": map_timing}
+        meta["counts"] = {"images": n_images}
     atomic_write_json(run_dir / "run.json", meta)
     if throughput:
         # the columns the throughput command writes (its full schema has more; the report needs these)

@@ -68,6 +68,26 @@ def test_tables_have_the_documented_columns_and_rows(tiny_run):
     assert np.allclose(full["masked_in"], full["original"])
 
 
+def test_sanity_rows_cover_the_first_images_and_only_model_dependent_maps_change(tiny_run):
+    """The default sanity stage: every (image < 32, method, source) under each MPRT depth and the
+    random-logit test; controls measured identical, gradient maps not; counts and seconds in run.json."""
+    san = read_table(tiny_run, "sanity")
+    assert san["error"].isna().all()
+    depths = {"zoo:tiny-cnn": 3, "zoo:tiny-vit": 3}  # depths (1, 3) and the full network, all distinct here
+    assert len(san) == 24 * 5 * sum(d + 1 for d in depths.values())
+    mprt = san[san["test"] == "mprt"]
+    assert (mprt.groupby("source_model")["depth"].max() == mprt.groupby("source_model")["groups"].max()).all()
+    controls = san[san["method"].isin(["centre", "full", "random"])]
+    assert (controls[["spearman", "ssim", "hog"]] == 1.0).all().all()
+    full = mprt[(mprt["method"] == "gradient") & (mprt["depth"] == mprt["groups"])]
+    assert full["spearman"].mean() < 0.9
+    rl = san[san["test"] == "random_logit"]
+    assert (rl["target"] != rl["label"]).all() and rl["depth"].isna().all()
+    meta = json.loads((tiny_run / "run.json").read_text())
+    assert meta["counts"]["sanity_maps"] == len(san) and meta["timing"]["stages"]["sanity"] > 0
+    assert meta["timing"]["seconds"]["sanity/gradient/zoo:tiny-cnn"] > 0
+
+
 def test_run_json_records_provenance(tiny_run):
     meta = json.loads((tiny_run / "run.json").read_text())
     assert meta["status"] == "complete"
@@ -195,7 +215,8 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(tiny_run, tmp_
     assert meta["status"] == "complete" and len(meta["resumed"]) >= 1
     for table, key in (("localization", ["source_model", "method", "image_id"]),
                        ("agnosticism", ["source_model", "method", "eval_model", "variant", "image_id"]),
-                       ("example_images", ["image_index"]), ("example_maps", ["source_model", "method", "image_index"])):
+                       ("example_images", ["image_index"]), ("example_maps", ["source_model", "method", "image_index"]),
+                       ("sanity", ["source_model", "method", "test", "depth", "image_id"])):
         a = read_table(tiny_run, table).drop(columns=["run_id"], errors="ignore").sort_values(key).reset_index(drop=True)
         b = read_table(out, table).drop(columns=["run_id"], errors="ignore").sort_values(key).reset_index(drop=True)
         assert len(a) == len(b)

@@ -98,6 +98,21 @@ def test_score_metric_is_batched(name, device):
         assert torch.allclose(out[col.column][2:4], sub[col.column])
 
 
+@pytest.mark.parametrize("name", [m.name for m in metrics_for("sanity")])
+def test_sanity_metric_is_batched_and_batch_invariant(name, device):
+    from salbench.metrics.sanity import SanityContext
+
+    metric = METRIC_REGISTRY.get(name)
+    g = torch.Generator().manual_seed(3)
+    original, other = torch.rand(B, H, W, generator=g).to(device), torch.rand(B, H, W, generator=g).to(device)
+    out = metric.compute(SanityContext(original, other, "mprt"))
+    sub = metric.compute(SanityContext(original[[1, 3]], other[[1, 3]], "mprt"))
+    for col in metric.columns:
+        v = out[col.column]
+        assert v.shape == (B,) and v.device.type == device.type
+        assert torch.allclose(v[[1, 3]], sub[col.column], atol=1e-5, equal_nan=True)
+
+
 def test_metrics_that_need_gt_masks_are_skipped_without_them(device):
     batch = _batch(device)
     batch.gt_masks = None
