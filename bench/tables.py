@@ -514,6 +514,7 @@ def leaderboard(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: 
         note = "no eval classifier other than the source classifier: cross-classifier columns are empty (see self)"
         if note not in group.notes:
             group.notes.append(note)
+    _pointing_chance_note(group, loc)
     tp = throughput_columns(group)
     if tp is not None and len(board):
         board = _merge(board, tp, how="left")
@@ -551,6 +552,19 @@ def leaderboard(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: 
     board["control"] = board["family"] == "control"
     board["protocol"] = group.index
     return sort_board(board, group.models)
+
+
+def _pointing_chance_note(group: Group, loc: pd.DataFrame) -> None:
+    """The pointing game's centre-point control (method-independent) as a report note: the chance
+    level a map pointing at the image centre would score."""
+    if "pointing_centre" not in loc.columns or loc["pointing_centre"].isna().all():
+        return
+    per_image = loc.dropna(subset=["pointing_centre"]).drop_duplicates("image_id")["pointing_centre"].to_numpy(dtype=np.float64)
+    lo, hi = bootstrap_many([per_image])
+    note = (f"pointing game chance level: the image-centre point hits {100 * per_image.mean():.1f}% of the images "
+            f"(95% CI {100 * lo[0]:.1f}-{100 * hi[0]:.1f}; column pointing_centre)")
+    if note not in group.notes:
+        group.notes.append(note)
 
 
 def _merge(a: pd.DataFrame, b: pd.DataFrame, how: str = "left") -> pd.DataFrame:
