@@ -33,7 +33,7 @@ def test_pointing_maxboxacc_pxap_reach_tables_leaderboard_and_compare(tmp_path):
     assert '"thresholds": 8' in configs and '"tolerance": 2.143' in configs  # 15 px scaled to 32 px
 
     loc = read_table(a, "localization")
-    assert {len(v) for v in loc["maxboxacc_iou"]} == {8} and {len(v) for v in loc["pxap_tp"]} == {21}  # 32 px: T = 20, plus t = 1
+    assert {len(v) for v in loc["maxboxacc_iou"]} == {8} and {len(v) for v in loc["pxap_tp"]} == {101}  # PxAP: T = 100, plus t = 1
     board = leaderboard_frame([a]).set_index("method")
     info = metric_info("maxboxacc")
     for method, part in loc.groupby("method"):

@@ -106,3 +106,15 @@ def test_pxap_perfect_constant_and_no_positives():
     assert math.isclose(pixel_average_precision([tp.double().numpy(), fp.double().numpy()], np.ones((1, 2)))[0], 16 / 256)
     tp, fp = pixel_counts(masks, torch.zeros_like(masks), t)
     assert math.isnan(pixel_average_precision([tp.double().numpy(), fp.double().numpy()], np.ones((1, 2)))[0])
+
+
+def test_per_dataset_sweep_sizes_and_validation():
+    from salbench.errors import SpecError
+    from salbench.metrics import select_metrics
+
+    small = select_metrics(["maxboxacc", "pxap"], image_size=(64, 64))
+    assert small["maxboxacc"].params.thresholds == 10 and small["pxap"].params.thresholds == 100
+    assert select_metrics(["maxboxacc"], image_size=(224, 224))["maxboxacc"].params.thresholds == 50
+    assert select_metrics(["maxboxacc"], params={"maxboxacc": {"thresholds": 30}})["maxboxacc"].params.thresholds == 30
+    with pytest.raises(SpecError, match="thresholds=1"):
+        select_metrics(["pxap"], params={"pxap": {"thresholds": 1}})
