@@ -38,3 +38,27 @@ def pytest_sessionfinish(session, exitstatus):
     import shutil
 
     shutil.rmtree(os.environ["SALBENCH_HOME"], ignore_errors=True)
+
+
+# ---------------------------------------------------------------- external tools in CI
+_TOOL_OUTCOMES: dict[str, list[str]] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Remember the outcome of tests marked ``uses_tool`` (the call phase, or a skip at setup)."""
+    tools = [m for m in report.keywords if m in ("chromium", "pdflatex")]
+    if tools and (report.when == "call" or report.skipped):
+        for tool in tools:
+            _TOOL_OUTCOMES.setdefault(tool, []).append(f"{report.nodeid.split('::')[-1]} {report.outcome.upper()}")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for mark in item.iter_markers("uses_tool"):
+            item.add_marker(mark.args[0])  # the tool's name as a keyword, read back in the log report
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per external tool: did its tests run (CI must show PASSED, not SKIPPED)."""
+    for tool, outcomes in sorted(_TOOL_OUTCOMES.items()):
+        terminalreporter.write_line(f"external tool {tool}: {', '.join(outcomes)}")

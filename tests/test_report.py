@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from testutils import skip_unless_ci_requires
 
 from salbench import report as R
 from salbench import paper as P
@@ -228,12 +229,13 @@ def _check_latex_structure(tex: str) -> None:
     assert "zoo:cnn\\_a" in tex
 
 
+@pytest.mark.uses_tool("pdflatex")
 def test_latex_tables(report_dir, tmp_path):
     for name in ("table1", "mask_stats"):
         tex = (report_dir / "tables" / f"{name}.tex").read_text()
         _check_latex_structure(tex)
     if shutil.which("pdflatex") is None:
-        pytest.skip("pdflatex not installed: structure checked only")
+        skip_unless_ci_requires("pdflatex", "pdflatex not installed: structure checked only")
     for name in ("table1", "mask_stats"):
         doc = tmp_path / f"{name}_doc.tex"
         doc.write_text("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n\\begin{document}\n"
@@ -310,8 +312,10 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="chromium not installed")
+@pytest.mark.uses_tool("chromium")
 def test_html_renders_in_headless_chromium(report_dir, tmp_path):
+    if _chromium() is None:
+        skip_unless_ci_requires("chromium", "chromium not installed")
     url = (report_dir / "leaderboard.html").resolve().as_uri()
     with tempfile.TemporaryDirectory() as profile:
         dom = subprocess.run([_chromium(), *CHROME_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
+
+
+def skip_unless_ci_requires(tool: str, reason: str) -> None:
+    """Skip a test whose external tool is missing, unless ``SALBENCH_REQUIRE_TOOLS`` names it: CI
+    installs Chromium and TeX and sets it, so there a missing tool fails the test instead of
+    silently skipping it."""
+    required = {t.strip() for t in os.environ.get("SALBENCH_REQUIRE_TOOLS", "").split(",") if t.strip()}
+    if tool in required:
+        pytest.fail(f"{tool} is required here (SALBENCH_REQUIRE_TOOLS) but not installed: {reason}")
+    pytest.skip(reason)
 
 
 def make_classifier(arch: str, num_classes: int = 10, size: int = 32, seed: int = 0, **kwargs):
