@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from salbench.cli_spec import RunCommand, load_flag_plugins, spec_from_flags, spec_options
 from salbench.errors import SalbenchError, UsageError, exit_codes, one_line
 
 # Commands import what they need when they run, so that ``--help`` and argument errors answer at
@@ -26,31 +27,6 @@ def main() -> None:
     """salbench: benchmark saliency methods on image classifiers."""
 
 
-class _RunCommand(click.Command):
-    """``run`` reports a malformed flag (unknown option, missing value) as one line, exit 2."""
-
-    def parse_args(self, ctx, args):
-        from salbench.errors import UsageError
-
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise UsageError(exc.format_message()) from None
-
-
-def _flag_number(text: str | None):
-    """A numeric flag's value as int or float when it is one, else the text itself, so that the
-    run-spec validation reports ``limit='ten'`` as it would from a config file."""
-    if text is None:
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _check_out_dir(out: str | None) -> None:
     """``--out`` must be creatable: no existing ancestor of it may be a file."""
     from salbench.errors import UsageError
@@ -65,46 +41,28 @@ def _check_out_dir(out: str | None) -> None:
             return
 
 
-@main.command(cls=_RunCommand)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/TOML/JSON run spec; flags override it.")
-@click.option("--dataset", help="Dataset spec: synthetic, synthetic?variant=twin, imagenet:/path/to/val?limit=5000, folder:/path?boxes=b.csv")
-@click.option("--methods", help="Comma-separated method names/wildcards (default: every registered method).")
-@click.option("--exclude-methods", help="Comma-separated methods/wildcards to leave out.")
-@click.option("--models", help="Source classifiers: zoo:*, resnet50.a1_in1k, NAME@weights.pth, wildcards.")
-@click.option("--eval-models", help="Eval classifiers (default: the source classifiers).")
-@click.option("--metrics", "metric_names", help="Comma-separated metric names/wildcards (default: the default metrics; see `salbench metrics list`).")
-@click.option("--exclude-metrics", help="Comma-separated metrics/wildcards to leave out (metrics others require stay).")
-@click.option("--limit", metavar="N", help="Evaluate only the first N images (deterministic).")
-@click.option("--batch-size", metavar="N")
-@click.option("--binarize", help="mean_area (default), alpha_mean, threshold.")
-@click.option("--inpaint", help="Inpainting backend: telea (default), biharmonic, ...")
-@click.option("--target", metavar="label|predicted", help="Explain the ground-truth label (default) or the predicted class.")
-@click.option("--seed", metavar="N")
-@click.option("--device", help="auto (default), cpu, cuda, cuda:N.")
-@click.option("--dtype", metavar="float32|bfloat16|float16")
-@click.option("--workers", metavar="N", help="Data-loading worker processes.")
-@click.option("--map-cache", help="Saliency-map cache directory ('auto': $SALBENCH_HOME/maps); later runs reuse stored maps.")
-@click.option("--map-precision", metavar="float32|float16|uint8", help="Precision maps are rounded to and stored at.")
+@main.command(cls=RunCommand)
+@spec_options
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: results/<dataset>-<spec hash>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (with --out, or the newest run of the same spec).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(config_path, dataset, methods, exclude_methods, models, eval_models, metric_names, exclude_metrics, limit, batch_size, binarize, inpaint, target, seed, device, dtype, workers, map_cache, map_precision, out, resume, no_progress):
+@click.option("--dry-run", is_flag=True, help="Print the cost plan (as `salbench plan`) and stop; nothing is written.")
+def run(out, resume, no_progress, dry_run, **flags):
     """Run the benchmark (no arguments: the embedded synthetic default with the zoo), then write its report.
 
     Every flag and config key is validated before any work: a bad value exits 2 with one line.
     A run in which every map failed exits 1 (run.json status: failed).
     """
     from salbench import distributed
-    from salbench.config import RunSpec
     from salbench.report import write_report
     from salbench.runner import run as run_spec
 
-    spec = RunSpec.from_file(config_path) if config_path else RunSpec()
-    spec = spec.replace(
-        dataset=dataset, methods=methods, exclude_methods=exclude_methods, models=models, eval_models=eval_models,
-        metrics=metric_names, exclude_metrics=exclude_metrics, limit=_flag_number(limit), batch_size=_flag_number(batch_size), binarize=binarize, inpaint=inpaint, target=target,
-        seed=_flag_number(seed), device=device, dtype=dtype, workers=_flag_number(workers), map_cache=map_cache, map_precision=map_precision,
-    )
+    spec = spec_from_flags(**flags)
+    if dry_run:
+        from salbench.cli_plan import print_plan
+
+        print_plan(spec, throughput=None, calibrate=True, detail=True)
+        return
     _check_out_dir(out)
     run_dir = run_spec(spec, out, resume=resume, progress=not no_progress)
     if not distributed.is_main_process():  # under torchrun, rank 0 reports
@@ -126,9 +84,14 @@ def methods() -> None:
 
 
 @methods.command("list")
-def methods_list() -> None:
-    """Registered methods, their capabilities and cost per image."""
+@click.option("--plugin", "plugin_files", multiple=True, metavar="FILE", help="Also load this plugin file (repeatable).")
+@click.option("--import", "plugin_modules", multiple=True, metavar="MODULE", help="Also import this plugin module (repeatable).")
+def methods_list(plugin_files, plugin_modules) -> None:
+    """Registered methods, their capabilities and cost per image. Peer adapters (captum:<class>,
+    gradcam:<class>, zennit:<composite>) are not listed: name them in --methods."""
     from salbench.methods import METHODS, create_method
+
+    load_flag_plugins(plugin_files, plugin_modules)
 
     header = f"{'method':<16} {'family':<10} {'grad':<5} {'layer':<6} {'trained':<8} {'clf-dep':<8} {'stoch':<6} {'fwd/img':>8} {'bwd/img':>8}  description"
     click.echo(header)
@@ -248,7 +211,7 @@ def _attach_optional_commands() -> None:
     """Commands that live in their own modules (throughput/compare, training, ...)."""
     import importlib
 
-    for module, names in (("salbench.cli_perf", ("throughput", "compare")), ("salbench.cli_train", ("train",))):
+    for module, names in (("salbench.cli_perf", ("throughput", "compare", "reference")), ("salbench.cli_train", ("train",)), ("salbench.cli_plan", ("plan",))):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

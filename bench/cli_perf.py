@@ -106,17 +106,35 @@ def throughput(methods, models, batch_sizes, dtypes, channels_last, compile_, im
 @click.argument("new", type=click.Path())
 @click.option("--metric-tol", type=float, default=0.5, show_default=True, help="Largest allowed move of a metric mean, in percentage points (either direction).")
 @click.option("--throughput-drop", type=float, default=10.0, show_default=True, help="Largest allowed drop of images/s, in percent.")
+@click.option("--ci-tol", type=float, default=0.0, show_default=True,
+              help="Against a reference (OLD written by `salbench reference`): allow a move up to this many times the reference value's 95%% interval half-width, where larger than --metric-tol.")
 @click.option("--all", "show_all", is_flag=True, help="Print every compared value, not only regressions.")
 @_exit_codes
-def compare(old, new, metric_tol, throughput_drop, show_all):
+def compare(old, new, metric_tol, throughput_drop, ci_tol, show_all):
     """Compare run directory NEW against baseline OLD; exit 1 on a regression beyond tolerance.
 
     Metrics per method and source classifier (LE, OM, F1, top-1 on each image variant) and, when
-    both directories have throughput.parquet, images/s per configuration.
+    both directories have throughput.parquet, images/s per configuration. OLD may be a reference
+    (`salbench reference`: a committed leaderboard summary with its intervals).
     """
     from salbench.compare import compare_runs, format_comparison
 
-    result = compare_runs(old, new, metric_tol=metric_tol, throughput_drop=throughput_drop)
+    result = compare_runs(old, new, metric_tol=metric_tol, throughput_drop=throughput_drop, ci_tol=ci_tol)
     click.echo(format_comparison(result, show_all=show_all))
     if not result.ok:
         sys.exit(1)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("run_dir", type=click.Path())
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@_exit_codes
+def reference(run_dir, out_dir):
+    """Write OUT_DIR as the guarded reference of the complete run RUN_DIR: its leaderboard summary
+    (means and 95% intervals, no per-image rows) and provenance, for `salbench compare OUT_DIR NEW`."""
+    from salbench.reference import write_reference
+
+    if not (Path(run_dir) / "run.json").is_file():
+        raise UsageError(f"{run_dir!r} is not a salbench run directory (no run.json)")
+    path = write_reference(run_dir, out_dir)
+    click.echo(f"reference written: {path} (leaderboard.json, run.json)")

@@ -31,6 +31,7 @@ import pandas as pd
 from salbench.errors import UsageError
 from salbench.metrics import descriptors
 from salbench.metrics.base import VARIANTS, localization_summaries, variant_scores
+from salbench.reference import is_reference, reference_means
 from salbench.tables import dataset_summaries, load_groups, metric_descriptor, per_image_agnosticism
 from salbench.throughput_table import CONFIG_KEY, read_throughput
 
@@ -70,6 +71,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     metric_tol: float = 0.5
     throughput_drop: float = 10.0
+    ci_tol: float = 0.0
 
     @property
     def regressions(self) -> list[Change]:
@@ -181,8 +183,18 @@ def _direction(metric: str, change: float) -> str:
 
 
 # --------------------------------------------------------------------------- comparing
-def compare_metrics(old: Path, new: Path, tol: float, out: Comparison) -> None:
-    a, b = metric_means(old), metric_means(new)
+def _means(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A directory's compared means, and the half-widths of their 95% intervals for a reference."""
+    if is_reference(path):
+        loc_names, agn_names = compared_columns()
+        return reference_means(path, [*loc_names, *agn_names])
+    return metric_means(path), None
+
+
+def compare_metrics(old: Path, new: Path, tol: float, out: Comparison, ci_tol: float = 0.0) -> None:
+    """Every compared value of OLD against NEW. Against a reference (OLD with interval
+    half-widths), a value's limit is ``max(tol, ci_tol x half-width)``."""
+    (a, half), (b, _) = _means(old), _means(new)
     loc_names, agn_names = compared_columns()
     cols = [c for c in (*loc_names, *agn_names) if c in a.columns or c in b.columns]
     for idx in a.index:
@@ -201,7 +213,10 @@ def compare_metrics(old: Path, new: Path, tol: float, out: Comparison) -> None:
                 out.changes.append(Change(table, key, col, va, vb, math.nan, "pp", tol, math.isnan(vb), "missing in NEW" if math.isnan(vb) else "new metric"))
                 continue
             d = vb - va
-            out.changes.append(Change(table, key, col, va, vb, d, "pp", tol, abs(d) > tol + 1e-9, _direction(col, d)))
+            limit = tol
+            if half is not None and ci_tol > 0 and col in half.columns and idx in half.index and not math.isnan(float(half.at[idx, col])):
+                limit = max(tol, ci_tol * float(half.at[idx, col]))
+            out.changes.append(Change(table, key, col, va, vb, d, "pp", round(limit, 2), abs(d) > limit + 1e-9, _direction(col, d)))
         ea = float(a.at[idx, "errors"]) if "errors" in a.columns and not pd.isna(a.at[idx, "errors"]) else 0.0
         eb = float(b.at[idx, "errors"]) if "errors" in b.columns and not pd.isna(b.at[idx, "errors"]) else 0.0
         out.changes.append(Change("errors", key, "error rows", ea, eb, eb - ea, "", 0, eb > ea, "worse" if eb > ea else ("better" if eb < ea else "")))
@@ -250,13 +265,13 @@ def compare_throughput(old: Path, new: Path, drop: float, out: Comparison) -> No
         out.notes.append(f"throughput: {len(missing)} configuration(s) of OLD not measured in NEW (not compared)")
 
 
-def compare_runs(old: str | Path, new: str | Path, metric_tol: float = 0.5, throughput_drop: float = 10.0) -> Comparison:
-    """Compare two run (or throughput-only) directories; raises UsageError for bad input."""
-    if metric_tol < 0 or throughput_drop < 0:
-        raise UsageError(f"tolerances must be non-negative (metric-tol {metric_tol}, throughput-drop {throughput_drop})")
+def compare_runs(old: str | Path, new: str | Path, metric_tol: float = 0.5, throughput_drop: float = 10.0, ci_tol: float = 0.0) -> Comparison:
+    """Compare two run (or throughput-only, or reference) directories; raises UsageError for bad input."""
+    if metric_tol < 0 or throughput_drop < 0 or ci_tol < 0:
+        raise UsageError(f"tolerances must be non-negative (metric-tol {metric_tol}, throughput-drop {throughput_drop}, ci-tol {ci_tol})")
     old_p, old_meta, old_tp = _check_dir(old)
     new_p, new_meta, new_tp = _check_dir(new)
-    out = Comparison(old_p, new_p, metric_tol=metric_tol, throughput_drop=throughput_drop)
+    out = Comparison(old_p, new_p, metric_tol=metric_tol, throughput_drop=throughput_drop, ci_tol=ci_tol)
     if (old_meta is None) != (new_meta is None):
         which, other = (old_p, new_p) if old_meta is None else (new_p, old_p)
         raise UsageError(f"{str(which)!r} holds only throughput results but {str(other)!r} is an evaluation run; nothing comparable on the metrics side")
@@ -272,7 +287,9 @@ def compare_runs(old: str | Path, new: str | Path, metric_tol: float = 0.5, thro
         changed = sorted(m for m in set(cfg_a) & set(cfg_b) if cfg_a[m] != cfg_b[m])
         if changed:
             out.notes.append(f"method parameters differ for: {', '.join(changed)}")
-        compare_metrics(old_p, new_p, metric_tol, out)
+        if ci_tol > 0 and not is_reference(old_p):
+            out.notes.append("--ci-tol applies to a reference baseline only (a run directory has no stored intervals): ignored")
+        compare_metrics(old_p, new_p, metric_tol, out, ci_tol)
     if old_tp and new_tp:
         compare_throughput(old_p, new_p, throughput_drop, out)
     elif old_tp or new_tp:
@@ -297,7 +314,8 @@ def _render(rows: list[list[str]]) -> str:
 
 
 def format_comparison(cmp: Comparison, show_all: bool = False) -> str:
-    parts = [f"compare {cmp.old} -> {cmp.new}  (metric tolerance ±{cmp.metric_tol:g} pp, throughput drop limit {cmp.throughput_drop:g}%)"]
+    ci = f", or ±{cmp.ci_tol:g}x the reference's 95% half-width where larger" if cmp.ci_tol else ""
+    parts = [f"compare {cmp.old} -> {cmp.new}  (metric tolerance ±{cmp.metric_tol:g} pp{ci}, throughput drop limit {cmp.throughput_drop:g}%)"]
     shown = cmp.changes if show_all else cmp.regressions
     n_metric = sum(c.table != "throughput" for c in cmp.changes)
     n_tp = sum(c.table == "throughput" for c in cmp.changes)

@@ -44,6 +44,7 @@ class RunSpec:
     metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     name: str | None = None
+    plugins: list[str] = field(default_factory=list)  # plugin files (*.py) or modules that register methods
 
     def __post_init__(self) -> None:
         """Split comma-separated lists, then validate every field (``salbench.spec_schema``).
@@ -51,7 +52,7 @@ class RunSpec:
         The dataclass stays the spec's type (its ``asdict`` is hashed to name the run, so a valid
         spec keeps its run directory name); the pydantic model only checks, it never rewrites a value.
         """
-        for key in ("methods", "exclude_methods", "models", "eval_models", "metrics", "exclude_metrics"):
+        for key in ("methods", "exclude_methods", "models", "eval_models", "metrics", "exclude_metrics", "plugins"):
             v = getattr(self, key)
             if isinstance(v, str):
                 setattr(self, key, [s.strip() for s in v.split(",") if s.strip()])
@@ -91,7 +92,12 @@ class RunSpec:
         return cls.from_dict(data, source=f"config file {str(path)!r}", lines=lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The spec as a dict; ``plugins`` only when there are any, so that specs without plugins
+        keep the dict, hash and run directory name they had before the key existed."""
+        d = dataclasses.asdict(self)
+        if not d["plugins"]:
+            d.pop("plugins")
+        return d
 
     def replace(self, **changes: Any) -> "RunSpec":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

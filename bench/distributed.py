@@ -4,6 +4,8 @@ Under ``torchrun --nproc-per-node=N -m salbench run ...`` every rank processes t
 ``b`` with ``b % world_size == rank`` and writes its own part files (named by batch, so ranks
 never collide and a 1-rank run writes the very same files). Rank 0 picks the run directory and
 writes ``run.json``; ``salbench run`` writes the report on rank 0 once the run has returned. gloo on CPU, NCCL on GPUs.
+Every rank loads the run's plugins itself (they are part of the spec, which each rank reads) and
+the ranks check that they resolved the same spec hash, which covers the plugins' file hashes.
 """
 
 from __future__ import annotations
@@ -57,6 +59,15 @@ def broadcast(obj: Any, shard: Shard) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_equal(value: Any, shard: Shard) -> bool:
+    """Whether every rank holds the same ``value`` (every rank gets the same answer)."""
+    if shard.world_size == 1:
+        return True
+    values: list[Any] = [None] * shard.world_size
+    dist.all_gather_object(values, value)
+    return all(v == values[0] for v in values)
 
 
 def barrier(shard: Shard) -> None:

@@ -6,7 +6,8 @@ is stored, compressed at the run's ``map_precision`` (``uint8``: 1/255 steps, ``
 ``float32``), under a key hashing everything a map depends on: the dataset spec and image size,
 the method and its parameters, the source classifier and its weights checksum, the target rule
 the seed, and the code of the method (``code_digest``: the source files of its class and base
-classes, since ``salbench_version`` does not change with every edit). A later run with the same
+classes and of its ``code_objects``, e.g. the plain function a plugin registered or a peer
+library's attribution class, since ``salbench_version`` does not change with every edit). A later run with the same
 key loads the maps instead of recomputing them.
 
 An entry is used only when it can be trusted: it stores the sha256 of the images it was computed
@@ -26,6 +27,7 @@ import hashlib
 import inspect
 import io
 import json
+import marshal
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -64,18 +66,27 @@ def map_key(fields: dict[str, Any]) -> str:
 
 
 def code_digest(obj: Any) -> str:
-    """sha256 (16 hex) of the source files that define ``obj``'s class and its base classes."""
-    return _type_digest(type(obj))
+    """sha256 (16 hex) of the source files that define ``obj``'s class, its base classes and the
+    objects it lists in ``code_objects`` (a plugin's function lives in the user's file, not in the
+    wrapper class's), and those of any method it wraps (SmoothGrad's ``base``): the wrapped
+    method's code makes its maps too."""
+    wrapped = [type(v) for v in getattr(obj, "__dict__", {}).values() if hasattr(v, "attribute_with_diagnostics")]
+    if not wrapped:
+        return _type_digest(type(obj))
+    return hashlib.sha256(" ".join(_type_digest(c) for c in [type(obj), *wrapped]).encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=None)
 def _type_digest(cls: type) -> str:
     h = hashlib.sha256()
     files: list[str] = []
-    for c in cls.__mro__:
+    for c in (*cls.__mro__, *getattr(cls, "code_objects", ())):
+        code = getattr(c, "__code__", None)
+        if code is not None:  # a function: its compiled code too (one defined in a notebook has no file)
+            h.update(marshal.dumps(code))
         try:
             path = inspect.getsourcefile(c)
-        except TypeError:  # builtins (object)
+        except (TypeError, OSError):  # builtins (object), functions without a source file
             continue
         if path and path not in files:
             files.append(path)

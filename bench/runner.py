@@ -30,12 +30,12 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
 
 from salbench import __version__, distributed, examples, zoo
 from salbench.classifiers import Classifier, ModelOptions, expand_model_specs, load_classifier
@@ -49,8 +49,12 @@ from salbench.metrics import MapContext, Metric, ScoreContext, agnosticism, bina
 from salbench.metrics.binarize import BINARIZERS
 from salbench.metrics.boxes import BOX_RULES
 from salbench.metrics.inpainting import INPAINTERS
+from salbench.plugins import provenance as plugin_provenance
 from salbench.results import RunLock, RunWriter, atomic_write_json, is_empty_run_dir, progress_info, read_run_json, schema
+from salbench.plan import Speeds, build_plan, load_saved_speeds
+from salbench.progress import RunProgress
 from salbench.rng import image_seeds
+from salbench.stage_clock import StageClock, add_seconds, by_method, by_stage
 from salbench.run_outcome import RunFailed, all_failed, load_errors
 from salbench.store import versions  # noqa: F401  (runner.versions: the store's provenance)
 from salbench.weights import check_class_count, drop_background_class
@@ -85,9 +89,8 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         methods = [m for m in methods if METHODS.get(m).default_selected]
     if not methods:
         raise UsageError(f"no methods left after excluding {spec.exclude_methods}")
-    unknown = sorted(set(spec.method_params) - set(METHODS.names()))
-    if unknown:
-        METHODS.get(unknown[0])
+    for name in sorted(set(spec.method_params) - set(METHODS.names())):
+        METHODS.get(name)  # an adapter spec (captum:...) builds; anything else is an unknown method
     dataset = build_dataset(spec.dataset)
     # per-dataset defaults (e.g. RISE mask count, occlusion window for the image size), then the spec's
     method_params = {m: {**METHODS.get(m).defaults_for(tuple(dataset.image_size)), **spec.method_params.get(m, {})} for m in methods}
@@ -96,6 +99,9 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     for method in created.values():
         method.check_image_size(tuple(dataset.image_size))
     method_configs = {m: method.config() for m, method in created.items()}
+    for m, method in created.items():  # a method from outside salbench: its family recorded for the report
+        if not type(method).__module__.startswith("salbench."):
+            method_configs[m].setdefault("family", method.capabilities.family)
     metrics = select_metrics(spec.metrics, spec.exclude_metrics, spec.metric_params, tuple(dataset.image_size))
     if spec.limit is not None and spec.limit > len(dataset):
         print(f"salbench: warning: limit={spec.limit} is more than the {len(dataset)} images of {dataset.spec}; evaluating {len(dataset)}", file=sys.stderr)
@@ -124,6 +130,12 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         "metric_configs": {n: m.config() for n, m in metrics.items()},
         "salbench_version": __version__,
     }
+    # plugin files (sha256) and modules / entry points (version) the methods come from; absent
+    # without plugins, so that specs without any keep their hash and run directory name
+    used_plugins = plugin_provenance(methods, spec.plugins)
+    config.pop("plugins", None)
+    if used_plugins:
+        config["plugins"] = used_plugins
     return ResolvedRun(spec, methods, models, eval_models, method_configs, dataset, spec_hash(config), config, method_params, metrics)
 
 
@@ -266,6 +278,8 @@ class Evaluator:
         self.classifiers = classifiers
         self.methods = methods
         self.map_cache = map_cache
+        self.clock = StageClock(device)  # seconds per stage, taken into each batch's marker
+        self.on_step: Callable[[str, str], None] | None = None  # called as each (method, source) pair starts
         self.example_indices = set(examples.choose(resolved.config.get("num_images", 0), self.spec.seed))
         self.not_applicable: dict[tuple[str, str], str] = {}
         for src in resolved.models:
@@ -287,34 +301,36 @@ class Evaluator:
         })
 
     def _maps(self, mname: str, src: str, x: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, counts: dict[str, int],
-              digest: str = "") -> torch.Tensor:
-        """Maps of one (method, source) batch, from the map cache when it holds trusted ones
-        (``digest``: ``images_digest(x)``; stale and corrupt entries are recomputed and counted)."""
+              digest: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Maps of one (method, source) batch and the method's per-image diagnostics, from the map
+        cache when it holds trusted ones (``digest``: ``images_digest(x)``; stale and corrupt
+        entries are recomputed and counted; cached maps come without diagnostics)."""
         key = self._map_key(mname, src) if self.map_cache is not None else ""
         if self.map_cache is not None:
             cached, status = self.map_cache.load(key, index, digest, (len(x), *x.shape[2:]))
             if cached is not None:
                 counts["maps_reused"] = counts.get("maps_reused", 0) + len(x)
-                return cached.to(x.device)
+                return cached.to(x.device), {}
             if status in ("stale", "corrupt"):
                 counts[f"maps_{status}"] = counts.get(f"maps_{status}", 0) + len(x)
         seeds = image_seeds(self.spec.seed, index, self._salt(mname))
-        maps = quantize(self.methods[mname](self.classifiers[src], x, targets, seeds), self.spec.map_precision)
+        diagnostics: dict[str, torch.Tensor] = {}
+        maps = quantize(self.methods[mname](self.classifiers[src], x, targets, seeds, diagnostics=diagnostics), self.spec.map_precision)
         counts["maps_computed"] = counts.get("maps_computed", 0) + len(x)
         if self.map_cache is not None:
             self.map_cache.save(key, index, maps, {"method": mname, "source": src, "dataset": self.r.dataset.spec}, digest)
-        return maps
+        return maps, diagnostics
 
     def _salt(self, method: str) -> int:
         return int(hashlib.sha1(method.encode()).hexdigest()[:7], 16)
 
-    def _localize(self, maps: torch.Tensor, batch) -> MapContext:
+    def _localize(self, maps: torch.Tensor, batch, diagnostics: dict[str, torch.Tensor] | None = None) -> MapContext:
         """Binarise, box, and every localization-table metric that does not depend on the source
         classifier (those that do run per source in ``_per_source``)."""
         spec = self.spec
         b = binarize.binarize(maps, spec.binarize, **spec.binarize_params)
         box, box_valid = boxes.box_from_mask(b, spec.box, saliency=maps, images=batch.images)
-        ctx = MapContext(maps=maps, binary=b, box=box, box_valid=box_valid, batch=batch)
+        ctx = MapContext(maps=maps, binary=b, box=box, box_valid=box_valid, batch=batch, diagnostics=dict(diagnostics or {}))
         for metric in metrics_for("localization", self.r.metrics):
             if not metric.per_source and metric.applies(ctx):
                 ctx.values.update(metric.compute(ctx))
@@ -337,19 +353,21 @@ class Evaluator:
             out.update({k: _np(v) for k, v in metric.compute(ctx).items()})
         return out
 
-    def _agnosticism(self, x: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, Any]]:
+    def _agnosticism(self, x: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, stage: tuple[str, str] = ("", "")) -> dict[str, dict[str, Any]]:
         """Scores of every eval classifier on the masked-in, masked-out and inpainted images.
 
         The three variants go through each eval classifier as one batch. A failing eval
         classifier yields its exception in place of scores (error rows), the rest go on.
         """
         masked = [v for v in agnosticism.VARIANTS if v != "original"]
-        stacked = torch.cat([agnosticism.compose(x, b, v, inpaint=self.spec.inpaint) for v in masked])
+        with self.clock("compose", *stage):
+            stacked = torch.cat([agnosticism.compose(x, b, v, inpaint=self.spec.inpaint) for v in masked])
         out: dict[str, dict[str, Any]] = {}
         n = len(x)
         for ev in self.r.eval_models:
             try:
-                s_all = self._scores(self.classifiers[ev](stacked), labels.repeat(len(masked)))
+                with self.clock("eval", *stage):
+                    s_all = self._scores(self.classifiers[ev](stacked), labels.repeat(len(masked)))
                 out[ev] = {v: {k: t[j * n : (j + 1) * n] for k, t in s_all.items()} for j, v in enumerate(masked)}
             except torch.cuda.OutOfMemoryError:
                 raise
@@ -386,7 +404,8 @@ class Evaluator:
                                                                 _np(x[picked]), boxes_ok, getattr(r.dataset, "class_names", None)))
 
         digest = images_digest(x) if self.map_cache is not None else ""
-        logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
+        with self.clock("clean"):
+            logits_clean = {name: clf(x) for name, clf in self.classifiers.items()}
         scores_clean = {name: self._scores(lg, labels) for name, lg in logits_clean.items()}
         # Classifier-independent methods (controls, trained maskers) give the same maps for every
         # source classifier: compute maps and eval scores once, write rows for every source.
@@ -399,19 +418,23 @@ class Evaluator:
             for mname, method in self.methods.items():
                 if (mname, src) in self.not_applicable:
                     continue
+                if self.on_step is not None:
+                    self.on_step(mname, src)
                 row_base = dict(**base, **ids, method=mname, source_model=src)
                 independent = not method.capabilities.classifier_dependent
                 if independent and mname in shared:
                     result = shared[mname]
                 else:
                     try:
-                        maps = self._maps(mname, src, x, targets, batch.index, counts, digest)
-                        ctx = self._localize(maps, batch)
+                        with self.clock("maps", mname, src):
+                            maps, diagnostics = self._maps(mname, src, x, targets, batch.index, counts, digest)
+                        with self.clock("localize", mname, src):
+                            ctx = self._localize(maps, batch, diagnostics)
                         stored = None
                         if picked:  # the inpainting is redone on these images alone: per-image backends give the same pixels
                             inpainted = agnosticism.compose(x[picked], ctx.binary[picked], "inpainted", inpaint=spec.inpaint)
                             stored = examples.map_columns(_np(maps[picked]), _np(ctx.binary[picked]), _np(inpainted))
-                        result = [ctx, self._agnosticism(x, ctx.binary, labels), stored]
+                        result = [ctx, self._agnosticism(x, ctx.binary, labels, (mname, src)), stored]
                     except torch.cuda.OutOfMemoryError:
                         raise  # handled by evaluate_with_retry: split the batch
                     except Exception as exc:  # one method failing on one batch is an error row, not a crash
@@ -429,7 +452,8 @@ class Evaluator:
                     rows["example_maps"].add(image_index=ids["image_index"][picked], method=mname, source_model=None if independent else src, **stored)
                     result[2] = None
                 try:
-                    values = self._per_source(ctx, source_correct, targets)
+                    with self.clock("metrics", mname, src):
+                        values = self._per_source(ctx, source_correct, targets)
                 except Exception as exc:  # a failing source-dependent metric: error rows for this pair
                     counts["errors"] += len(x)
                     loc.add(**row_base, binarize=spec.binarize, error=_one_line(exc), source_correct=_np(source_correct).astype(bool))
@@ -516,6 +540,10 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
     resolved = resolve(spec)
     device = resolve_device(spec.device)
     shard = distributed.init_from_env(device.type)
+    if not distributed.all_equal(resolved.hash, shard):  # e.g. a plugin file that differs between the ranks' machines
+        distributed.shutdown(shard)
+        raise UsageError(f"the torchrun ranks resolved different run specs (rank {shard.rank}: {resolved.run_id}); "
+                         "every rank must load the same plugins, installed packages and files")
     if device.type == "cuda" and shard.world_size > 1:
         device = torch.device("cuda", shard.local_rank)
     choice: tuple[Any, ...]
@@ -556,6 +584,7 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
                 "classifiers": {k: v.describe() for k, v in evaluator.classifiers.items()},
                 "not_applicable": [{"method": m, "model": s, "reason": why} for (m, s), why in sorted(evaluator.not_applicable.items())],
                 "versions": versions(),
+                "plugins": resolved.config.get("plugins", []),
                 "git_commit": git_commit(),
                 "device": device_name(device),
                 "world_size": shard.world_size,
@@ -574,20 +603,30 @@ def run(spec: RunSpec, out: str | Path | None = None, *, resume: bool = False, p
         counts: dict[str, int] = {"maps": 0, "errors": 0}
         loader = torch.utils.data.DataLoader(resolved.dataset, batch_sampler=[all_batches[i] for i in pending], collate_fn=collate, num_workers=spec.workers)
         desc = f"salbench run {resolved.run_id}" + (f" [rank {shard.rank}/{shard.world_size}]" if shard.world_size > 1 else "")
-        bar = tqdm(zip(pending, loader), total=len(pending), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)
-        for unit, batch in bar:
+        plan = build_plan(resolved, methods, load_saved_speeds(resolved, device) or Speeds(), evaluator.not_applicable)
+        if shard.is_main and plan.total_seconds is not None:
+            meta["plan_estimate_s"] = round(plan.total_seconds, 1)
+        bar = RunProgress(plan, sum(len(all_batches[i]) for i in pending), desc, disable=not progress)
+        evaluator.on_step = bar.step
+        for k, (unit, batch) in enumerate(zip(pending, loader), start=1):
             before = dict(counts)
+            bar.start_batch(k, len(pending), len(batch))
             tables = evaluate_with_retry(evaluator, batch, counts)
-            writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, **{k: counts[k] - before.get(k, 0) for k in counts}})
-            bar.set_postfix(maps=counts["maps"], errors=counts["errors"])
+            writer.write_unit(unit, tables, {"unit": unit, "images": len(batch), "rank": shard.rank, **{k: counts[k] - before.get(k, 0) for k in counts},
+                                             "seconds": evaluator.clock.take()})
+            bar.end_batch(counts["maps"], counts["errors"])
+        bar.close()
         distributed.barrier(shard)
         failed = False
         if shard.is_main:
             totals: dict[str, int] = {}
-            for info in progress_info(run_dir):
+            infos = progress_info(run_dir)
+            for info in infos:
                 for k, v in info.items():
-                    if k not in ("unit", "rank"):
+                    if k not in ("unit", "rank", "seconds"):
                         totals[k] = totals.get(k, 0) + int(v)
+            seconds = add_seconds(info.get("seconds", {}) for info in infos)
+            meta["timing"] = {"stages": by_stage(seconds), "maps_by_method": by_method(seconds, "maps"), "seconds": seconds}
             # load errors listed in the dataset section; a run with no map at all failed
             failed = all_failed(totals)
             found = load_errors(run_dir)

@@ -121,6 +121,7 @@ class RunSpecModel(BaseModel):
     metric_params: dict[StrictStr, dict[StrictStr, Any]] = {}
     model_overrides: dict[StrictStr, ModelOverride] = {}
     name: NonEmptyStr | None = None
+    plugins: list[NonEmptyStr] = []
 
     @field_validator("name")
     @classmethod
@@ -156,6 +157,7 @@ EXPECTED = {
     "metric_params": "a mapping of metric name -> {parameter: value}",
     "model_overrides": "a mapping of classifier spec -> {mean, std, input_size, interpolation, crop_pct, feature_layer}",
     "name": "a plain run name (no path separators, no '..', not absolute)",
+    "plugins": "a list of plugin files (path/to/my_method.py) or module names (my_package.methods)",
 }
 
 
@@ -200,8 +202,21 @@ def validate_spec(data: dict[str, Any]) -> None:
     except ValidationError as exc:
         raise _message(exc.errors()[0], data) from None
     check_binarize_params(data["binarize"], data["binarize_params"])
+    load_spec_plugins(data.get("plugins") or [])
     check_method_params(data["method_params"])
     check_metric_params(data["metric_params"])
+
+
+def load_spec_plugins(sources: list[str]) -> None:
+    """Load the spec's plugins now: the other keys (``methods``, ``method_params``) may name what
+    they register. A plugin that fails is a ``SpecError`` on ``plugins``."""
+    from salbench.plugins import load_plugin
+
+    for i, source in enumerate(sources):
+        try:
+            load_plugin(source)
+        except UsageError as exc:
+            raise SpecError(("plugins",), f"plugins[{i}]: {exc}") from None
 
 
 def check_binarize_params(rule: str, params: dict[str, Any]) -> None:

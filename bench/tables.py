@@ -203,6 +203,13 @@ class Group:
     def label(self) -> str:
         return protocol_label(self.protocol)
 
+    def method_family(self, method: str) -> str:
+        """The family the run recorded (plugins, peer adapters: ``"captum 0.9.0"``), else the registry's."""
+        run = self.method_runs.get(method)
+        cfg = run.meta.get("spec", {}).get("method_configs", {}).get(method, {}) if run is not None else {}
+        family = cfg.get("family") if isinstance(cfg, dict) else None
+        return str(family) if family else method_family(method)
+
     def method_params(self, method: str) -> dict[str, Any]:
         run = self.method_runs.get(method)
         if run is None:
@@ -548,7 +555,7 @@ def leaderboard(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: 
         board.loc[failed, "note"] = "failed: " + board.loc[failed, "first_error"].astype(str)
         partial = board["note"].isna() & (board["errors"] > 0)
         board.loc[partial, "note"] = board.loc[partial, "errors"].astype(str) + " failed images: " + board.loc[partial, "first_error"].astype(str)
-    board["family"] = [method_family(m) for m in board["method"]]
+    board["family"] = [group.method_family(m) for m in board["method"]]
     board["control"] = board["family"] == "control"
     board["protocol"] = group.index
     return sort_board(board, group.models)

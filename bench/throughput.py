@@ -5,6 +5,7 @@ batch size x dtype x channels_last x compiled combination:
 
 * ``kind="method"``: one call ``method(classifier, images, targets, seeds)`` (maps in [0,1] at
   the image size, what the runner caches);
+* ``kind="forward"``: a plain no-grad forward pass (what ``salbench plan`` prices passes with);
 * ``kind="forward_backward_baseline"``: a plain forward pass and a backward pass to the input
   (the cost floor of a gradient method), so a method's overhead can be read off;
 * ``kind="pipeline"`` (with ``pipeline_eval_models=N > 0``): ``runner.Evaluator.evaluate_batch``
@@ -71,6 +72,7 @@ from salbench.throughput_setup import (
     compile_classifier,
     expand_models,
     forward_backward_baseline,
+    forward_only,
     load_for_throughput,
     method_params,
     model_spec,
@@ -180,7 +182,9 @@ def _run_throughput(cfg: ThroughputConfig, device: torch.device, out_dir, log) -
                     for bs in cfg.batch_sizes:
                         x, t, boxes, valid = synthetic_inputs(bs, cfg.image_size, clf.num_classes, device, cfg.seed)
                         seeds = torch.arange(bs, device=device)
-                        if cfg.baseline:
+                        if cfg.baseline:  # the bare passes: what `salbench plan` prices a run's passes with
+                            timing, err = measure(lambda: forward_only(clf, x))
+                            add("forward", "-", model, dtype, bs, cl, comp, timing, err)
                             timing, err = measure(lambda: forward_backward_baseline(clf, x, t))
                             add("forward_backward_baseline", "-", model, dtype, bs, cl, comp, timing, err)
                         for name in methods:

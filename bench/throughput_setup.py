@@ -123,6 +123,12 @@ def synthetic_inputs(batch_size: int, image_size: int, num_classes: int, device:
     return x.to(device), targets.to(device), boxes.to(device), valid.to(device)
 
 
+def forward_only(classifier, images: torch.Tensor) -> torch.Tensor:
+    """One no-grad forward pass (the scoring pass eval classifiers make)."""
+    with torch.no_grad():
+        return classifier(images)
+
+
 def forward_backward_baseline(classifier, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """One forward pass and one backward pass of the target scores to the pixel input."""
     with torch.enable_grad():

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 from salbench.results import atomic_write_table
 
 THROUGHPUT_FILE = "throughput.parquet"
-KINDS = ("method", "pipeline", "forward_backward_baseline", "peer")
+KINDS = ("method", "pipeline", "forward", "forward_backward_baseline", "peer")
 
 THROUGHPUT_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
-        ("kind", pa.string()),  # method | pipeline | forward_backward_baseline | peer
+        ("kind", pa.string()),  # method | pipeline | forward | forward_backward_baseline | peer
         ("method", pa.string()),
         ("model", pa.string()),
         ("device", pa.string()),  # device name (GPU model, or CPU and thread count)

@@ -12,6 +12,12 @@ an uninformative floor (RISE: every pixel carries the mean class probability) de
 magnitude is float noise and becomes all zero), as are Grad-CAM and CAM (whose ReLU'd maps keep a
 broad positive floor; pytorch-grad-cam scales them the same way). Methods whose raw map is already in [0,1]
 (controls, trained maskers) declare ``normalization = "none"``.
+
+Output contract, checked on every call (``check_raw_maps``; a ``MethodOutputError`` naming the
+method, which a run records as that pair's error rows): ``attribute`` returns a B x h x w tensor
+for the B images, finite, non-negative under ``"max"``, in [0, 1] under ``"none"`` (any finite
+values under ``"minmax"``). Methods written outside salbench (plugins, plain functions) get the
+same check as the built-in ones.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from salbench.classifiers import Classifier
-from salbench.errors import NotApplicable
+from salbench.errors import NotApplicable, SalbenchError
 from salbench.params import check_params as check_declared_params
 from salbench.registry import Registry
 
@@ -50,6 +56,9 @@ class SaliencyMethod:
     normalization: ClassVar[str] = "max"  # "max" | "minmax" | "none"
     default_selected: ClassVar[bool] = True  # part of a run that asks for every method ("*")
     description: ClassVar[str] = ""
+    #: Objects besides the class hierarchy whose source files decide the maps (a wrapped plain
+    #: function, a peer library's class): ``mapcache.code_digest`` hashes them too.
+    code_objects: ClassVar[tuple[Any, ...]] = ()
 
     @dataclass(frozen=True)
     class Params:
@@ -95,23 +104,63 @@ class SaliencyMethod:
         """Raw non-negative maps, B x h x w at any resolution (upsampled by the caller)."""
         raise NotImplementedError
 
-    def __call__(self, classifier: Classifier, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor | None = None) -> torch.Tensor:
+    def attribute_with_diagnostics(self, classifier: Classifier, images: torch.Tensor, targets: torch.Tensor,
+                                   seeds: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Raw maps and per-image diagnostics (name -> B-long tensor) that the method gets on the
+        way at little cost, e.g. Integrated Gradients' completeness gap; none by default. The
+        runner stores them as stored-only columns of the localization table (``metrics/diagnostics.py``)."""
+        return self.attribute(classifier, images, targets, seeds), {}
+
+    def __call__(self, classifier: Classifier, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor | None = None,
+                 diagnostics: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Maps in [0,1], B x H x W at the images' resolution.
 
         ``targets`` are class indices (B,); ``seeds`` are per-image seeds (B,) for stochastic
         methods, derived from the run seed and dataset index so a map never depends on the batch.
+        A ``diagnostics`` dict receives the method's per-image diagnostics (float32, B-long).
         """
         if seeds is None:
             seeds = torch.arange(len(images), device=images.device)
         with torch.enable_grad() if self.capabilities.needs_gradients else torch.no_grad():
-            raw = self.attribute(classifier, images, targets.to(images.device), seeds.to(images.device))
-        raw = raw.detach().float()
+            raw, diag = self.attribute_with_diagnostics(classifier, images, targets.to(images.device), seeds.to(images.device))
+        if diagnostics is not None:
+            diagnostics.update({k: v.detach().float() for k, v in diag.items()})
+        raw = check_raw_maps(self.name, raw, len(images), self.normalization).detach().float()
         if raw.shape[-2:] != images.shape[-2:]:
             raw = F.interpolate(raw[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return normalize_maps(raw, self.normalization)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "params": dataclasses.asdict(self.params)}
+
+
+class MethodOutputError(SalbenchError):
+    """A method returned maps that break the output contract (shape, NaN/inf, range)."""
+
+
+def check_raw_maps(name: str, raw: Any, batch: int, rule: str) -> torch.Tensor:
+    """``raw`` if it is a finite B x h x w tensor within the range ``rule`` expects, else a
+    ``MethodOutputError`` whose one line names the method and what was wrong."""
+    if not isinstance(raw, torch.Tensor):
+        raise MethodOutputError(f"method {name!r} returned {type(raw).__name__}, expected a tensor of B x H x W maps")
+    raw = raw.detach()
+    if raw.ndim != 3 or raw.shape[0] != batch:
+        raise MethodOutputError(f"method {name!r} returned shape {tuple(raw.shape)}, expected B x H x W maps with B = {batch} (one per image)")
+    if not raw.is_floating_point():
+        raw = raw.float()
+    finite = torch.isfinite(raw)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        what = "NaN" if bool(torch.isnan(raw).any()) else "infinite"
+        raise MethodOutputError(f"method {name!r} returned {what} values ({bad} of {raw.numel()} pixels)")
+    if rule in ("max", "none") and raw.numel():
+        lo, hi = float(raw.min()), float(raw.max())
+        if lo < 0:
+            hint = "return non-negative maps or declare normalization='minmax'" if rule == "max" else "return maps in [0, 1]"
+            raise MethodOutputError(f"method {name!r} returned negative values (min {lo:.3g}) under normalization {rule!r}; {hint}")
+        if rule == "none" and hi > 1:
+            raise MethodOutputError(f"method {name!r} returned values above 1 (max {hi:.3g}) under normalization 'none'; return maps in [0, 1] or declare normalization='max'")
+    return raw
 
 
 #: Relative spread under which a "minmax" map counts as flat (see ``normalize_maps``).
@@ -136,7 +185,9 @@ def normalize_maps(raw: torch.Tensor, rule: str) -> torch.Tensor:
     raise ValueError(f"unknown normalization rule {rule!r}")
 
 
-METHODS: Registry[type[SaliencyMethod]] = Registry("saliency method")
+#: Every method; installed packages add theirs through the ``salbench.methods`` entry-point group
+#: (loaded on first use), peer adapters answer to ``captum:``, ``gradcam:`` and ``zennit:`` names.
+METHODS: Registry[type[SaliencyMethod]] = Registry("saliency method", entry_points="salbench.methods")
 
 
 def register_method(name: str):

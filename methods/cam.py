@@ -4,6 +4,11 @@
 computed on the feature map ``Classifier.forward_with_features`` exposes (CNN output of
 ``forward_features``, or a ViT's last-block input tokens reshaped to the patch grid).
 
+``GradientCAM`` is the shared shape of the gradient-weighted CAMs: one forward pass to the
+feature map A and one backward pass to it (``features_and_gradients``), then a subclass's ``cam``
+combines A and G = dS_c/dA into the map before the ReLU; the variants in ``cam_variants.py`` are
+such subclasses.
+
 ``cam`` (Zhou et al.): ReLU(sum_k W[c,k] A_k) with W the weights of a GAP + linear head;
 NotApplicable (with the reason) for any other head. Guided Grad-CAM lives in ``guided.py``.
 """
@@ -18,12 +23,22 @@ from salbench.errors import NotApplicable
 from salbench.methods.base import Capabilities, SaliencyMethod, register_method, target_scores
 
 
-def gradcam_maps(classifier, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM at feature resolution, B x h x w (before ReLU)."""
+def features_and_gradients(classifier, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, dS_target/dA): the CAM feature map and its gradient, both B x C x h x w float32."""
     logits, feats = classifier.forward_with_features(images)
     (grads,) = torch.autograd.grad(target_scores(logits, targets).sum(), feats)
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    return (weights * feats).sum(1)
+    return feats.detach(), grads
+
+
+def channel_weighted(weights: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k A_k for per-image channel weights B x C: B x h x w."""
+    return torch.einsum("bc,bchw->bhw", weights, feats)
+
+
+def gradcam_maps(classifier, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM at feature resolution, B x h x w (before ReLU)."""
+    feats, grads = features_and_gradients(classifier, images, targets)
+    return GradCAM.cam(feats, grads)
 
 
 # Both CAM maps are min-max normalised per image, as pytorch-grad-cam scales them: the ReLU'd map
@@ -32,14 +47,29 @@ def gradcam_maps(classifier, images: torch.Tensor, targets: torch.Tensor) -> tor
 # object's; Grad-CAM LE 56% vs 45% with min-max on zoo:resnet, 256 synthetic val images).
 
 
-@register_method("gradcam")
-class GradCAM(SaliencyMethod):
+class GradientCAM(SaliencyMethod):
+    """ReLU(cam(A, dS_c/dA)) on the classifier's CAM feature map: one forward and one backward pass
+    per image (the backward stops at the feature map). Subclasses override ``cam``."""
+
     normalization = "minmax"
     capabilities = Capabilities(needs_gradients=True, needs_feature_layer=True, family="cam")
-    description = "Grad-CAM: ReLU of the gradient-weighted last feature map"
+
+    @staticmethod
+    def cam(feats: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """The map before the ReLU, B x h x w, from A and G (both B x C x h x w)."""
+        raise NotImplementedError
 
     def attribute(self, classifier, images, targets, seeds):
-        return gradcam_maps(classifier, images, targets).clamp_min(0)
+        return self.cam(*features_and_gradients(classifier, images, targets)).clamp_min(0)
+
+
+@register_method("gradcam")
+class GradCAM(GradientCAM):
+    description = "Grad-CAM: ReLU of the gradient-weighted last feature map"
+
+    @staticmethod
+    def cam(feats, grads):
+        return channel_weighted(grads.mean(dim=(2, 3)), feats)
 
 
 # --------------------------------------------------------------------------------------- CAM

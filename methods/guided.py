@@ -58,7 +58,7 @@ from torch.overrides import TorchFunctionMode
 from salbench.errors import NotApplicable
 from salbench.methods.base import Capabilities, SaliencyMethod, register_method
 from salbench.methods.cam import gradcam_maps
-from salbench.methods.gradient import input_gradient
+from salbench.methods.gradient import GradientAttribution, input_gradient
 
 RULES = ("gradient", "deconvnet", "guided")
 
@@ -205,7 +205,9 @@ def modified_input_gradient(classifier, images: torch.Tensor, targets: torch.Ten
         return input_gradient(classifier, images, targets)
 
 
-class _RectifierMethod(SaliencyMethod):
+class _RectifierMethod(GradientAttribution):
+    """max over channels of |modified input gradient| (a ``GradientAttribution``: SmoothGrad can wrap it)."""
+
     rule = "guided"
 
     def cost(self):
@@ -214,9 +216,9 @@ class _RectifierMethod(SaliencyMethod):
     def check(self, classifier):
         check_rectifiers(classifier)
 
-    def attribute(self, classifier, images, targets, seeds):
+    def attributions(self, classifier, images, targets, seeds):
         check_rectifiers(classifier)
-        return modified_input_gradient(classifier, images, targets, self.rule).abs().amax(1)
+        return modified_input_gradient(classifier, images, targets, self.rule)
 
 
 @register_method("deconvnet")

@@ -4,7 +4,7 @@ A metric (torchmetrics-style) is a small class with
 
 * ``compute(ctx)``: a pure batched function on the device, returning one B-long tensor per
   output column;
-* ``needs``: what it reads (``maps``, ``binary``, ``box``, ``gt_boxes``, ``gt_masks``,
+* ``needs``: what it reads (``maps``, ``binary``, ``box``, ``gt_boxes``, ``gt_masks``, ``diagnostics`` (the method's),
   ``source``: the source classifier's clean prediction; ``eval``: an eval classifier's logits);
 * ``table``: which Parquet table its columns go to (``localization``: one row per image x
   method x source classifier; ``agnosticism``: one row per image x method x source x eval
@@ -47,7 +47,7 @@ AGGREGATES = ("mean", "std", "by_variant", "dataset", None)
 Reducer = Callable[[list[np.ndarray], np.ndarray], np.ndarray]
 
 TABLES = ("localization", "agnosticism")
-NEEDS = frozenset({"maps", "binary", "box", "gt_boxes", "gt_masks", "source", "eval"})
+NEEDS = frozenset({"maps", "binary", "box", "gt_boxes", "gt_masks", "source", "eval", "diagnostics"})
 VARIANTS = ("original", "masked_in", "masked_out", "inpainted")
 #: What a good map does to a classifier's score on each image variant: keep the object in the
 #: masked-in image (+1: the score's own direction), remove it from masked-out and inpainted (-1).
@@ -116,6 +116,7 @@ class MapContext:
     source_correct: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     values: dict[str, torch.Tensor] = field(default_factory=dict)
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's, B-long (SaliencyMethod.attribute_with_diagnostics)
 
 
 @dataclass
@@ -159,6 +160,13 @@ class Metric:
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "params": dataclasses.asdict(self.params)}
+
+    def cost(self) -> tuple[float, float, float] | None:
+        """Classifier passes per image and map, for metrics that call classifiers: (source
+        forwards, source backwards, forwards per eval classifier other than the source).
+        ``None`` for metrics that only read maps (priced as the localisation stage by
+        ``salbench plan``)."""
+        return None
 
     def compute(self, ctx: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError

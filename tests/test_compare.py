@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -215,3 +216,59 @@ def test_a_metric_new_in_new_is_reported_not_a_regression_and_a_vanished_one_is(
     assert cmp.ok
     back = compare_runs(b, a)
     assert not back.ok and any(c.metric == "f1" and c.verdict == "missing in NEW" for c in back.regressions)
+
+
+# ---------------------------------------------------------------- guarded references
+def _reference(tmp_path: Path, run: Path, name: str = "ref") -> Path:
+    from salbench.cli_perf import reference
+
+    res = CliRunner().invoke(reference, [str(run), str(tmp_path / name)])
+    assert res.exit_code == 0, res.output
+    return tmp_path / name
+
+
+def test_a_reference_holds_the_summary_not_the_rows_and_passes_against_its_own_run(tmp_path):
+    run = make_run(tmp_path / "a")
+    ref = _reference(tmp_path, run)
+    assert sorted(p.name for p in ref.iterdir()) == ["leaderboard.json", "run.json"]  # no Parquet rows
+    assert json.loads((ref / "run.json").read_text())["reference"] is True
+    res = _cli(ref, run)
+    assert res.exit_code == 0, res.output
+    assert "OK:" in res.output
+
+
+def test_a_run_that_moves_a_number_fails_against_the_reference_with_what_moved(tmp_path):
+    ref = _reference(tmp_path, make_run(tmp_path / "a"))
+    moved = make_run(tmp_path / "b", perturb={("le", "gradcam", "zoo:a"): 1})  # 1 of 20 images flips: 5 pp
+    res = _cli(ref, moved, "--metric-tol", "1")
+    assert res.exit_code == 1 and "REGRESSED" in res.output
+    rows = [ln.split() for ln in res.output.splitlines() if ln.startswith("localization")]
+    assert {r[4] for r in rows} == {"le", "om"} and all(r[1:4] == ["gradcam", "/", "zoo:a"] for r in rows)
+    # the reference's own 95% interval scales the tolerance: 5 pp is inside 1.0x the LE half-width here
+    half = {r["method"] + r["source_model"]: (r["le_hi"] - r["le_lo"]) / 2 for r in json.loads((ref / "leaderboard.json").read_text())}
+    assert half["gradcamzoo:a"] > 5 > 0.1 * half["gradcamzoo:a"]
+    assert _cli(ref, moved, "--metric-tol", "1", "--ci-tol", "1").exit_code == 0
+    assert _cli(ref, moved, "--metric-tol", "1", "--ci-tol", "0.1").exit_code == 1
+
+
+def test_a_perturbed_reference_value_fails_the_gate(tmp_path):
+    """What CI's reference step does when a number moves: one value of the committed summary
+    perturbed by 3 pp, the same run now fails."""
+    run = make_run(tmp_path / "a")
+    ref = _reference(tmp_path, run)
+    rows = json.loads((ref / "leaderboard.json").read_text())
+    rows[0]["f1"] += 3.0
+    (ref / "leaderboard.json").write_text(json.dumps(rows))
+    res = _cli(ref, run, "--metric-tol", "1")
+    assert res.exit_code == 1
+    assert any(ln.startswith("localization") and " f1 " in f" {ln} " for ln in res.output.splitlines())
+
+
+def test_reference_of_an_incomplete_run_is_refused(tmp_path):
+    from salbench.cli_perf import reference
+
+    run = make_run(tmp_path / "a")
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "status": "running"}))
+    res = CliRunner().invoke(reference, [str(run), str(tmp_path / "ref")])
+    assert res.exit_code == 2 and "not a complete run" in res.output and not (tmp_path / "ref").exists()

@@ -62,6 +62,9 @@ def test_code_digest_follows_the_source_files(tmp_path):
 
     a, b = code_digest(create_method("gradient")), code_digest(create_method("gradcam"))
     assert a != b and len(a) == 16 and a == code_digest(create_method("gradient"))
+    # a wrapper's digest covers the method it wraps (integrated.py is not among smoothgrad's own sources)
+    sg, sg_ig = code_digest(create_method("smoothgrad")), code_digest(create_method("smoothgrad", base="integrated_gradients"))
+    assert sg != sg_ig and len(sg_ig) == 16 and sg_ig == code_digest(create_method("smoothgrad", base="integrated_gradients"))
 
 
 METHOD_SRC = '''

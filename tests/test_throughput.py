@@ -48,7 +48,7 @@ def test_schema_and_positive_numbers(measured):
     assert table.schema == tp.THROUGHPUT_SCHEMA
     rows = table.to_pylist()
     assert {(r["kind"], r["method"]) for r in rows} == {
-        ("forward_backward_baseline", "-"), ("method", "gradient"), ("method", "gradcam"), ("pipeline", "gradient"), ("pipeline", "gradcam"),
+        ("forward", "-"), ("forward_backward_baseline", "-"), ("method", "gradient"), ("method", "gradcam"), ("pipeline", "gradient"), ("pipeline", "gradcam"),
     }
     for r in rows:
         assert r["error"] is None, r
