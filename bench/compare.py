@@ -32,7 +32,7 @@ from salbench.errors import UsageError
 from salbench.metrics import descriptors
 from salbench.metrics.base import VARIANTS, localization_summaries, variant_scores
 from salbench.reference import is_reference, reference_means
-from salbench.tables import load_groups, metric_descriptor, per_image_agnosticism
+from salbench.tables import dataset_summaries, load_groups, metric_descriptor, per_image_agnosticism
 from salbench.throughput_table import CONFIG_KEY, read_throughput
 
 #: run.json spec keys that must agree for metrics to be comparable.
@@ -124,7 +124,7 @@ def compared_columns() -> tuple[list[str], list[str]]:
     is cross-classifier (per image, the mean over eval classifiers other than the source, then the
     mean over images) and ``<variant>_<score>_self`` the source classifier's own value.
     """
-    loc = [c.name for c in localization_summaries() if c.compare and c.aggregate == "mean"]
+    loc = [c.name for c in localization_summaries() if c.compare and c.aggregate in ("mean", "dataset")]
     agn = [f"{v}_{c.name}{sfx}" for c in variant_scores() if c.compare for v in VARIANTS for sfx in ("", "_self")]
     return loc, agn
 
@@ -138,7 +138,12 @@ def metric_means(run_dir: str | Path) -> pd.DataFrame:
     loc, agn = group.loc, group.agn
     if len(loc):
         ok = loc[loc["error"].isna()]
-        means = ok.groupby(keys, observed=True)[loc_names].mean()
+        means = ok.groupby(keys, observed=True)[[c for c in loc_names if metric_descriptor(c).aggregate == "mean"]].mean()
+        dataset_level = [metric_descriptor(c) for c in loc_names if metric_descriptor(c).aggregate == "dataset"]
+        if dataset_level and len(means):  # dataset-level summaries (MaxBoxAccV2, PxAP): reduced, not averaged
+            whole = dataset_summaries(ok, keys, dataset_level, ci=False).astype({k: str for k in keys}).set_index(keys)
+            means.index = pd.MultiIndex.from_tuples([(str(a), str(b)) for a, b in means.index], names=keys)
+            means = means.join(whole[[c.name for c in dataset_level]])
         for c in loc_names:
             means[c] *= 100.0 if metric_descriptor(c).percent else 1.0
         parts.append(means)

@@ -56,7 +56,8 @@ def loc_metrics() -> list[str]:
 
 def loc_columns() -> list[str]:
     """The localization columns reports read: ids, every summarised metric column, the error."""
-    return [*ID_LOC, *dict.fromkeys(c.column for c in localization_summaries() if c.aggregate == "mean" or c.source), "error"]
+    cols = [src for c in localization_summaries() for src in ((c.column,) if c.aggregate == "mean" else (c.source, *c.sources)) if src]
+    return [*ID_LOC, *dict.fromkeys(cols), "error"]
 
 
 def agn_columns() -> list[str]:
@@ -107,19 +108,67 @@ def bootstrap_many(vectors: Sequence[np.ndarray], n_boot: int = 1000, alpha: flo
             by_n[v.size].append((k, v))
     for n, items in by_n.items():
         values = np.stack([v for _, v in items])  # G x n
-        means = np.empty((len(items), n_boot))
-        rng = np.random.default_rng(seed)
-        chunk = max(1, 4_000_000 // n)  # the same chunking as bootstrap_ci: same draws
-        for start in range(0, n_boot, chunk):
-            stop = min(n_boot, start + chunk)
-            idx = rng.integers(0, n, size=(stop - start, n))
-            flat = (idx + (np.arange(stop - start) * n)[:, None]).ravel()
-            counts = np.bincount(flat, minlength=(stop - start) * n).reshape(stop - start, n).astype(np.float64)
-            means[:, start:stop] = values @ counts.T / n
+        means = np.concatenate([values @ counts.T / n for counts in _resample_counts(n, n_boot, seed)], axis=1)
         q = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=1)
         keys = [k for k, _ in items]
         lo[keys], hi[keys] = q[0], q[1]
     return lo, hi
+
+
+def _resample_counts(n: int, n_boot: int, seed: int) -> Iterable[np.ndarray]:
+    """Chunks of bootstrap image multiplicities (rows: resamples, columns: the n images), drawn
+    exactly as ``bootstrap_many`` draws them, so every interval of a leaderboard resamples alike."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 4_000_000 // n)  # the same chunking as bootstrap_ci: same draws
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        flat = (idx + (np.arange(stop - start) * n)[:, None]).ravel()
+        yield np.bincount(flat, minlength=(stop - start) * n).reshape(stop - start, n).astype(np.float64)
+
+
+def dataset_value(info: MetricInfo, stats: list[np.ndarray], *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                  ci: bool = True) -> tuple[float, float, float]:
+    """A dataset-level summary (``aggregate="dataset"``) from per-image statistics (one n x k array
+    per ``info.sources``): its value and, with ``ci``, the percentile-bootstrap interval (images
+    resampled, ``info.reduce`` applied to each resample); NaNs where there are no images."""
+    n = len(stats[0]) if stats else 0
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    value = float(info.reduce(stats, np.ones((1, n)))[0])
+    if not ci:
+        return value, math.nan, math.nan
+    boots = np.concatenate([info.reduce(stats, w) for w in _resample_counts(n, n_boot, seed)])
+    boots = boots[np.isfinite(boots)]
+    if not boots.size:
+        return value, math.nan, math.nan
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return value, float(lo), float(hi)
+
+
+def dataset_summaries(df: pd.DataFrame, keys: list[str], infos: Sequence[MetricInfo], *, n_boot: int = 1000, alpha: float = 0.05,
+                      seed: int = 0, ci: bool = True) -> pd.DataFrame:
+    """Per group (``keys``) every dataset-level summary in ``infos`` with ``<name>_lo/_hi`` bounds
+    (for ``ci`` ones); images whose statistics are null (metric not applicable) are left out."""
+    out = pd.DataFrame(columns=keys)
+    if df.empty or not infos:
+        return out
+    if "image_id" in df.columns:  # resample in image order: intervals never depend on file order
+        df = df.sort_values("image_id", kind="stable")
+    rows = []
+    for key, part in df.groupby(keys, observed=True, sort=False):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        for info in infos:
+            ok = np.ones(len(part), dtype=bool)
+            for src in info.sources:
+                ok &= part[src].notna().to_numpy()
+            stats = [np.stack(part[src].to_numpy()[ok]).astype(np.float64) if ok.any() else np.zeros((0, 0)) for src in info.sources]
+            v, lo, hi = dataset_value(info, stats, n_boot=n_boot, alpha=alpha, seed=seed, ci=ci and info.ci)
+            row[info.name] = v
+            if info.ci:
+                row[f"{info.name}_lo"], row[f"{info.name}_hi"] = lo, hi
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -474,6 +523,9 @@ def leaderboard(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: 
         for c in summaries:
             if c.aggregate == "std":
                 board = _merge(board, keys[c.source].std(ddof=0).rename(c.name).reset_index())
+        dataset_level = [c for c in summaries if c.aggregate == "dataset"]
+        if dataset_level:
+            board = _merge(board, dataset_summaries(loc, ["method", "source_model"], dataset_level, n_boot=n_boot, alpha=alpha, seed=seed))
     else:
         board["images"] = pd.Series(dtype=np.int64)
     for c in summaries:
@@ -512,6 +564,7 @@ def leaderboard(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: 
         note = "no eval classifier other than the source classifier: cross-classifier columns are empty (see self)"
         if note not in group.notes:
             group.notes.append(note)
+    _pointing_chance_note(group, loc)
     tp = throughput_columns(group)
     if tp is not None and len(board):
         board = _merge(board, tp, how="left")
@@ -552,6 +605,19 @@ def leaderboard(group: Group, *, n_boot: int = 1000, alpha: float = 0.05, seed: 
     board["control"] = board["family"] == "control"
     board["protocol"] = group.index
     return sort_board(board, group.models)
+
+
+def _pointing_chance_note(group: Group, loc: pd.DataFrame) -> None:
+    """The pointing game's centre-point control (method-independent) as a report note: the chance
+    level a map pointing at the image centre would score."""
+    if "pointing_centre" not in loc.columns or loc["pointing_centre"].isna().all():
+        return
+    per_image = loc.dropna(subset=["pointing_centre"]).drop_duplicates("image_id")["pointing_centre"].to_numpy(dtype=np.float64)
+    lo, hi = bootstrap_many([per_image])
+    note = (f"pointing game chance level: the image-centre point hits {100 * per_image.mean():.1f}% of the images "
+            f"(95% CI {100 * lo[0]:.1f}-{100 * hi[0]:.1f}; column pointing_centre)")
+    if note not in group.notes:
+        group.notes.append(note)
 
 
 def _merge(a: pd.DataFrame, b: pd.DataFrame, how: str = "left") -> pd.DataFrame:

@@ -56,6 +56,7 @@ cheap (annotations, labels, file headers) and counts what it leaves out in ``ski
 * ``corrupt_image``        the file does not decode (only with ``verify=full``);
 * ``duplicate_image``      the same image id found twice (the first path in sorted order wins);
 * ``no_box_in_crop``       see above.
+* ``no_mask``              ``masks=`` given but the image has no mask file (generic folder only).
 
 Annotations that name no image on disk are recorded as ``unmatched_annotations`` (a count and
 the first few ids) rather than as skips: they are not images of the dataset. Non-RGB files are
@@ -102,7 +103,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from salbench.datasets.base import Sample
 from salbench.datasets.imagenet_classes import imagenet_synsets
 from salbench.errors import UsageError, close_matches
 
@@ -240,6 +243,7 @@ class ImageFolderBoxes(BoxImageDataset):
         num_classes: int | None = None,
         box_format: str = "edges",
         options: CommonOptions | None = None,
+        masks: str | Path | None = None,
     ):
         self._setup(options or CommonOptions())
         classes_spec: str | None = None
@@ -269,8 +273,18 @@ class ImageFolderBoxes(BoxImageDataset):
         if not bpath.is_file():
             raise UsageError(f"folder dataset boxes={str(boxes)!r}: file not found")
         self.boxes_path = bpath.resolve()
+        self.masks_dir: Path | None = None
+        if masks is not None:
+            mpath = Path(masks).expanduser()
+            if not mpath.is_absolute() and not mpath.exists():
+                mpath = self.root / mpath
+            if not mpath.is_dir():
+                raise UsageError(f"folder dataset masks={str(masks)!r}: expected a folder of PNG masks (one <image path>.png per image)")
+            self.masks_dir = mpath.resolve()
 
         files = walk_files(self.root, _is_image)
+        if self.masks_dir is not None:  # masks kept inside the folder are not images of the dataset
+            files = [f for f in files if not f.resolve().is_relative_to(self.masks_dir)]
         if not files:
             raise UsageError(f"folder dataset {str(self.root)!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it")
         by_rel = {p.relative_to(self.root).as_posix(): p for p in files}
@@ -306,8 +320,35 @@ class ImageFolderBoxes(BoxImageDataset):
             items.append(("num_classes", num_classes))
         if box_format != "edges":
             items.append(("box_format", box_format))
+        if self.masks_dir is not None:
+            items.append(("masks", self.masks_dir))
         items += self.options.spec_items()
         self.spec = f"folder:{self.root.as_posix()}?" + "&".join(f"{k}={spec_value(v)}" for k, v in items)
+
+    def mask_path(self, image_path: str | Path) -> Path:
+        """The mask of an image: ``<masks>/<image path relative to the folder, extension .png>``."""
+        assert self.masks_dir is not None
+        return self.masks_dir / Path(image_path).resolve().relative_to(self.root).with_suffix(".png")
+
+    def __getitem__(self, i: int) -> Sample:
+        """The sample, with ``gt_mask`` (H x W float32 in {0, 1}: mask pixel > 0) when ``masks=`` is
+        given: resized to the image's plan with nearest-neighbour sampling and cropped like it."""
+        sample = super().__getitem__(i)
+        if self.masks_dir is None:
+            return sample
+        from PIL import Image
+
+        s = self.options.size
+        try:
+            with Image.open(self.mask_path(self.entries[i].path)) as im:
+                grey = im.convert("L")
+            new_w, new_h, left, top = self.geometry.plan(*grey.size)
+            grey = grey.resize((new_w, new_h), resample=Image.Resampling.NEAREST).crop((left, top, left + s, top + s))
+            sample.gt_mask = torch.from_numpy((np.asarray(grey) > 0).astype(np.float32))
+        except Exception as exc:  # like a corrupt image: an error row, not a dead worker
+            sample.gt_mask = torch.zeros(s, s, dtype=torch.float32)
+            sample.meta.setdefault("error", f"corrupt mask for {self.entries[i].path}: {type(exc).__name__}: {str(exc)[:200]}")
+        return sample
 
     def _match(self, image: str, by_rel: dict[str, Path], by_name: dict[str, list[str]]) -> str | None:
         s = image.replace("\\", "/")
@@ -369,6 +410,8 @@ class ImageFolderBoxes(BoxImageDataset):
         refs = {r.ref_size for r in rows if r.ref_size is not None}
         if len(refs) > 1:
             raise Skip("bad_annotation")
+        if self.masks_dir is not None and not self.mask_path(self._by_rel[rel]).is_file():
+            raise Skip("no_mask")
         boxes = [r.box for r in rows if r.box is not None]
         edges = to_edges(np.array(boxes, dtype=np.float64).reshape(-1, 4), self.box_format)
         return str(self._by_rel[rel]), labels.pop(), edges, (refs.pop() if refs else None)
@@ -380,14 +423,17 @@ def from_spec(arg: str | None, params: dict[str, str]) -> ImageFolderBoxes:
     Parameters (all optional): ``boxes`` (CSV/JSON path, default ``boxes.csv``/``boxes.json`` in
     the folder), ``classes``, ``num_classes``, ``box_format`` (edges | inclusive | inclusive1),
     and the common ``size``, ``resize``, ``interpolation``, ``limit``, ``subset_seed``,
-    ``verify`` (none | header | full), ``keep_empty``.
+    ``verify`` (none | header | full), ``keep_empty``, ``masks`` (a folder of object masks: one PNG
+    per image at the image's relative path with extension ``.png``, nonzero = object; images
+    without one are skipped as ``no_mask``; enables the pixel-mask metrics such as PxAP).
     """
     params = dict(params)
     if not arg:
         raise UsageError("folder dataset needs a path: folder:/path/to/images?boxes=boxes.csv")
-    check_keys("folder", params, (*KNOWN_COMMON, "boxes", "classes", "num_classes", "box_format"))
+    check_keys("folder", params, (*KNOWN_COMMON, "boxes", "classes", "num_classes", "box_format", "masks"))
     options = CommonOptions.pop_from("folder", params)
     classes = params["classes"] if "classes" in params else None
     num_classes = parse_int("folder", "num_classes", params["num_classes"], 1) if "num_classes" in params else None
     box_format = parse_choice("folder", "box_format", params.get("box_format", "edges"), BOX_FORMATS)
-    return ImageFolderBoxes(arg, boxes=params.get("boxes") or None, classes=classes, num_classes=num_classes, box_format=box_format, options=options)
+    return ImageFolderBoxes(arg, boxes=params.get("boxes") or None, classes=classes, num_classes=num_classes, box_format=box_format, options=options,
+                           masks=params.get("masks") or None)

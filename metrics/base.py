@@ -16,7 +16,9 @@ A metric (torchmetrics-style) is a small class with
   the agnosticism summary per image variant, cross-classifier and self; ``None``: stored only),
   whether the leaderboard shows it (with a 95% bootstrap interval or not) and whether
   ``salbench compare`` checks it;
-* ``summaries``: extra dataset-level values derived from a column (e.g. ``area_std``).
+* ``summaries``: extra dataset-level values derived from a column (e.g. ``area_std``), or from
+  per-image sufficient statistics by a ``reduce`` function (``aggregate="dataset"``: MaxBoxAccV2,
+  PxAP), which the leaderboard bootstraps by resampling images and reducing again.
 
 Everything downstream reads the registry: the Parquet schemas (``table_schema``), the runner's
 evaluation loop, the leaderboard and its HTML page, ``salbench compare`` and the parametrised
@@ -26,10 +28,11 @@ tests. A new metric is one new module in ``metrics/`` with a ``@register_metric`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -37,7 +40,13 @@ from salbench.errors import UsageError, close_matches
 from salbench.registry import Registry
 
 Direction = Literal["lower", "higher"] | None
-Aggregate = Literal["mean", "std", "by_variant"] | None
+Aggregate = Literal["mean", "std", "by_variant", "dataset"] | None
+AGGREGATES = ("mean", "std", "by_variant", "dataset", None)
+#: ``reduce(stats, weights) -> values`` of a dataset-level summary: ``stats`` holds one n x k float64
+#: array per ``sources`` column (row i: image i's statistics), ``weights`` is R x n (how often each
+#: image is drawn: all ones for the point estimate, bootstrap counts for the interval); one value
+#: per row of ``weights``.
+Reducer = Callable[[list[np.ndarray], np.ndarray], np.ndarray]
 
 TABLES = ("localization", "agnosticism", "sanity")
 NEEDS = frozenset({"maps", "binary", "box", "gt_boxes", "gt_masks", "source", "eval", "diagnostics", "model"})
@@ -66,12 +75,16 @@ class MetricInfo:
     dtype: pa.DataType = field(default=pa.float32(), compare=False)
     source: str = ""  # for summaries: the column they are computed from
     table_name: str = ""  # the name in the Parquet table when it differs (agnosticism 'entropy')
+    sources: tuple[str, ...] = ()  # aggregate "dataset": the per-image statistic columns ``reduce`` reads
+    reduce: Reducer | None = field(default=None, compare=False)  # aggregate "dataset": see ``Reducer``
 
     def __post_init__(self) -> None:
         if self.direction not in ("lower", "higher", None):
             raise ValueError(f"direction must be 'lower', 'higher' or None, got {self.direction!r}")
-        if self.aggregate not in ("mean", "std", "by_variant", None):
-            raise ValueError(f"aggregate must be 'mean', 'std', 'by_variant' or None, got {self.aggregate!r}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        if (self.aggregate == "dataset") != (self.reduce is not None and bool(self.sources)):
+            raise ValueError(f"{self.name}: a 'dataset' aggregate needs both sources and reduce (and only it takes them)")
 
     @property
     def column(self) -> str:

@@ -294,3 +294,23 @@ def test_unclipped_boxes_are_collated_moved_and_selected(folder, tmp_path):
     plain = [ds[0], ds[1]]
     plain[1].unclipped_boxes = None
     assert collate(plain).unclipped_boxes is None and collate(plain).unclipped_valid is None
+
+
+def test_masks_folder_gives_cropped_gt_masks_and_skips_images_without_one(tmp_path, jpeg):
+    jpeg(tmp_path / "img" / "wide.jpg", (64, 32), [(8, 4, 24, 20)])  # -> 64x32 at size 32: left 16
+    jpeg(tmp_path / "img" / "nomask.jpg", (32, 32), [(2, 2, 10, 10)])
+    (tmp_path / "boxes.csv").write_text("image,label,x0,y0,x1,y1\nimg/wide.jpg,a,8,4,24,20\nimg/nomask.jpg,b,2,2,10,10\n")
+    mask = np.zeros((32, 64), dtype=np.uint8)
+    mask[4:20, 20:24] = 255  # object pixels x 20..23 -> crop columns 4..7
+    (tmp_path / "masks" / "img").mkdir(parents=True)
+    Image.fromarray(mask).save(tmp_path / "masks" / "img" / "wide.png")
+    ds = from_spec(str(tmp_path), {"masks": "masks", "size": "32"})
+    assert len(ds) == 1 and ds.skipped == {"no_mask": 1} and "masks=" in ds.spec
+    s = ds[0]
+    expect = torch.zeros(32, 32)
+    expect[4:20, 4:8] = 1
+    assert s.gt_mask is not None and torch.equal(s.gt_mask, expect)
+    assert build_dataset(ds.spec)[0].gt_mask is not None  # the spec round-trips with its masks
+    assert ImageFolderBoxes(tmp_path, options=CommonOptions(size=32))[0].gt_mask is None  # no masks=: none
+    with pytest.raises(UsageError, match="masks='nowhere'"):
+        from_spec(str(tmp_path), {"masks": "nowhere"})

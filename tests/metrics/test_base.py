@@ -65,7 +65,7 @@ def test_declaration_matches_schema_and_descriptors(name):
         if col.leaderboard or col.compare:
             assert col.aggregate is not None, f"{name}.{col.name}: shown or compared but not aggregated"
     for s in metric.summaries:
-        assert s.source in {c.name for c in metric.columns}
+        assert set(s.sources or (s.source,)) <= {c.name for c in metric.columns}
         assert metric_info(s.name) is s
 
 
