@@ -49,17 +49,19 @@ class Change:
     old: float
     new: float
     change: float  # pp (metrics), % (throughput), count (errors)
-    unit: str  # "pp" | "%" | ""
+    unit: str  # "pp" (percent metrics) | "abs" (unitless scores) | "%" (throughput) | ""
     limit: float
     regressed: bool
     verdict: str = ""  # worse | better | changed | missing | failing
 
     def cells(self) -> list[str]:
-        def num(v: float) -> str:
-            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+        digits = 4 if self.unit == "abs" else 2
 
-        ch = "-" if math.isnan(self.change) else f"{self.change:+.2f}{(' ' + self.unit) if self.unit else ''}"
-        lim = {"pp": f"±{self.limit:g} pp", "%": f"-{self.limit:g}%", "": f"+{self.limit:g}"}[self.unit]
+        def num(v: float) -> str:
+            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+        ch = "-" if math.isnan(self.change) else f"{self.change:+.{digits}f}{(' ' + self.unit) if self.unit in ('pp', '%') else ''}"
+        lim = {"pp": f"±{self.limit:g} pp", "abs": f"±{self.limit:g}", "%": f"-{self.limit:g}%", "": f"+{self.limit:g}"}[self.unit]
         return [self.table, self.key, self.metric, num(self.old), num(self.new), ch, lim, self.verdict]
 
 
@@ -172,6 +174,11 @@ def metric_means(run_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+def _is_percent(metric: str) -> bool:
+    info = descriptors().get(metric.removesuffix("_self"))
+    return info is None or info.percent
+
+
 def _direction(metric: str, change: float) -> str:
     if change == 0:
         return ""
@@ -213,10 +220,13 @@ def compare_metrics(old: Path, new: Path, tol: float, out: Comparison, ci_tol: f
                 out.changes.append(Change(table, key, col, va, vb, math.nan, "pp", tol, math.isnan(vb), "missing in NEW" if math.isnan(vb) else "new metric"))
                 continue
             d = vb - va
-            limit = tol
+            # percent metrics move in percentage points; unitless scores in [0, 1] or [-1, 1] (AUCs,
+            # the ROAD gap) by the same share of their range: tol pp = tol / 100 of them
+            percent = _is_percent(col)
+            unit, limit = ("pp", tol) if percent else ("abs", tol / 100)
             if half is not None and ci_tol > 0 and col in half.columns and idx in half.index and not math.isnan(float(half.at[idx, col])):
-                limit = max(tol, ci_tol * float(half.at[idx, col]))
-            out.changes.append(Change(table, key, col, va, vb, d, "pp", round(limit, 2), abs(d) > limit + 1e-9, _direction(col, d)))
+                limit = max(limit, ci_tol * float(half.at[idx, col]))
+            out.changes.append(Change(table, key, col, va, vb, d, unit, round(limit, 2 if percent else 4), abs(d) > limit + 1e-9, _direction(col, d)))
         ea = float(a.at[idx, "errors"]) if "errors" in a.columns and not pd.isna(a.at[idx, "errors"]) else 0.0
         eb = float(b.at[idx, "errors"]) if "errors" in b.columns and not pd.isna(b.at[idx, "errors"]) else 0.0
         out.changes.append(Change("errors", key, "error rows", ea, eb, eb - ea, "", 0, eb > ea, "worse" if eb > ea else ("better" if eb < ea else "")))

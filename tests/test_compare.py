@@ -48,7 +48,7 @@ def _tables(perturb: dict | None = None):
                     le = 1.0 - le
                 row = dict(run_id="r", dataset="synthetic?n=20", image_index=i, image_id=f"{i:05d}", label=i % 10, method=method,
                            source_model=src, binarize="mean_area", box=[0.0, 0.0, 10.0, 10.0], box_valid=True, le=le, om=le,
-                           f1=0.25 + 0.01 * i, precision=0.5, recall=0.5, area=0.3, binary_area=0.3, tv=0.01, entropy=0.1,
+                           f1=0.25 + 0.01 * i, deletion_auc=0.2 + 0.01 * (i % 4), precision=0.5, recall=0.5, area=0.3, binary_area=0.3, tv=0.01, entropy=0.1,
                            target=i % 10, source_correct=True, error=None)
                 for k in loc:
                     loc[k].append(row.get(k))
@@ -272,3 +272,17 @@ def test_reference_of_an_incomplete_run_is_refused(tmp_path):
     (run / "run.json").write_text(json.dumps({**meta, "status": "running"}))
     res = CliRunner().invoke(reference, [str(run), str(tmp_path / "ref")])
     assert res.exit_code == 2 and "not a complete run" in res.output and not (tmp_path / "ref").exists()
+
+
+def test_unitless_scores_move_by_the_same_share_of_their_range(tmp_path):
+    """A deletion AUC (0..1, not a percent) is held to metric_tol / 100: 0.02 is beyond 1 pp."""
+    run = make_run(tmp_path / "a")
+    ref = _reference(tmp_path, run)
+    rows = json.loads((ref / "leaderboard.json").read_text())
+    rows[0]["deletion_auc"] += 0.02
+    (ref / "leaderboard.json").write_text(json.dumps(rows))
+    res = _cli(ref, run, "--metric-tol", "1")
+    assert res.exit_code == 1, res.output
+    line = next(ln for ln in res.output.splitlines() if " deletion_auc " in f" {ln} ")
+    assert "±0.01" in line and "-0.0200" in line
+    assert _cli(ref, run, "--metric-tol", "3").exit_code == 0

@@ -74,7 +74,7 @@ def test_default_spec_dict_and_hashes_are_unchanged():
     # default run; resolved in a fresh interpreter, as other tests register extra zoo recipes
     code = "from salbench.config import RunSpec; from salbench.runner import resolve; print(resolve(RunSpec()).hash)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[-1] == "763a46bd3cc54dfda7f4a20554b1bab85bf4b76aa528f35760f33e7632eb9923"
+    assert out[-1] == "898e8de2d742f902759bbfcd19c32e9d75d5d20a7b6538244e5c400c39e9a9db"
 
 
 def test_python_api_accepts_sequences_and_keeps_values_as_given():

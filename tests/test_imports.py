@@ -20,11 +20,17 @@ import pytest
 import salbench
 
 def _modules() -> dict[str, Path]:
+    """Every module of the distribution: ``bench/`` is ``salbench`` itself, and ``methods/``,
+    ``metrics/``, ``datasets/`` are subpackages living outside it (``package-dir``), so each
+    package's own path is walked."""
     found = {"salbench": Path(salbench.__file__)}
-    for info in pkgutil.walk_packages(salbench.__path__, "salbench."):
-        spec = importlib.util.find_spec(info.name)
-        assert spec is not None and spec.origin, info.name
-        found[info.name] = Path(spec.origin)
+    for pkg in ("salbench", "salbench.methods", "salbench.metrics", "salbench.datasets"):
+        module = importlib.import_module(pkg)
+        found[pkg] = Path(module.__file__)
+        for info in pkgutil.walk_packages(module.__path__, pkg + "."):
+            spec = importlib.util.find_spec(info.name)
+            assert spec is not None and spec.origin, info.name
+            found[info.name] = Path(spec.origin)
     return found
 
 
