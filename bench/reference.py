@@ -61,6 +61,8 @@ def reference_means(path: str | Path, columns: list[str]) -> tuple[pd.DataFrame,
     keys = ["method", "source_model"]
     means, halves = [], []
     for r in rows:
+        if not r.get("images"):  # a not-applicable pair: a leaderboard row with its reason, no values
+            continue
         means.append({**{k: r.get(k) for k in keys}, **{c: _num(r.get(c)) for c in columns}, "errors": _num(r.get("errors", 0))})
         halves.append({**{k: r.get(k) for k in keys}, **{c: (_num(r.get(f"{c}_hi")) - _num(r.get(f"{c}_lo"))) / 2 for c in columns}})
     return pd.DataFrame(means).set_index(keys), pd.DataFrame(halves).set_index(keys)
