@@ -37,6 +37,7 @@ class Speeds:
     backward: dict[str, float] = field(default_factory=dict)
     compose: float | None = None
     localize: float | None = None
+    metric: dict[str, float] = field(default_factory=dict)  # measured seconds per image of metrics that call classifiers
     source: str = "none"  # where the numbers come from (table path, "calibrated on <device>")
 
     def known(self, clf: str) -> bool:
@@ -45,7 +46,7 @@ class Speeds:
 
 @dataclass
 class PlanRow:
-    stage: str  # clean | maps | compose | eval | localize | metric
+    stage: str  # clean | maps | compose | eval | localize | metric | sanity
     method: str  # "-" for clean
     source: str  # the source classifier ("-" for clean; "*" for a classifier-independent method)
     classifier: str  # which classifier runs the passes ("-" when none)
@@ -152,12 +153,30 @@ def build_plan(resolved, methods: dict[str, SaliencyMethod], speeds: Speeds, not
             others = [e for e in resolved.eval_models if e != src]
             for metric in metrics:
                 f_src, b_src, f_eval = metric_cost(metric, len(others))
+                measured = speeds.metric.get(metric.name)  # calibrated: the passes and the CPU work around them
                 if f_src or b_src:
-                    rows.append(PlanRow("metric", name, src, src, f_src, b_src, n, secs(src, f_src, b_src)))
+                    rows.append(PlanRow("metric", name, src, src, f_src, b_src, n, n * measured if measured is not None else secs(src, f_src, b_src)))
                 if f_eval:
                     for ev in others:
-                        rows.append(PlanRow("metric", name, src, ev, f_eval, 0.0, n, secs(ev, f_eval, 0.0)))
+                        rows.append(PlanRow("metric", name, src, ev, f_eval, 0.0, n, n * measured if measured is not None else secs(ev, f_eval, 0.0)))
+            rows.extend(_sanity_rows(resolved, name, method, src, size, secs))
     return Plan(rows, n, speeds, na)
+
+
+def _sanity_rows(resolved, name: str, method: SaliencyMethod, src: str, size: tuple[int, int], secs) -> list[PlanRow]:
+    """The sanity stage recomputes a classifier-dependent method's maps on its first ``images``
+    images once per randomised depth (and for the random logit)."""
+    sanity = (resolved.metrics or {}).get("sanity")
+    if sanity is None or not method.capabilities.classifier_dependent or not sanity.covers(name):
+        return []
+    p = sanity.params
+    images = min(p.images, int(resolved.config["num_images"]))
+    if images <= 0:
+        return []
+    repeats = len(p.depths) + int(p.full) + int(p.random_logit)
+    fwd, bwd = method_cost(method, size)
+    s = secs(src, fwd * repeats, bwd * repeats)
+    return [PlanRow("sanity", name, src, src, fwd * repeats, bwd * repeats, images, None if s is None else s * images / int(resolved.config["num_images"]))]
 
 
 # ----------------------------------------------------------------------------- speeds
@@ -184,6 +203,9 @@ def speeds_from_throughput(table: pa.Table, classifiers: list[str], image_size: 
         vals = [r["ms_per_batch"] / 1e3 / r["batch_size"] for r in rows if r["kind"] == kind]
         if vals:
             setattr(sp, attr, min(vals))
+    for r in rows:
+        if r["kind"] == "metric":
+            sp.metric[r["method"]] = r["ms_per_batch"] / 1e3 / r["batch_size"]
     return sp
 
 
@@ -246,6 +268,23 @@ def calibrate(resolved, classifiers: dict[str, Any], device: torch.device, batch
     t = time_callable(localize, device, iters=repeats, warmup=1, memory=False)
     add("localize", "-", t.median_ms, bs)
     sp.localize = t.median_ms / 1e3 / bs
+
+    # metrics that call classifiers (deletion, insertion, ROAD): their passes and the CPU work
+    # around them (the ROAD imputation's solve), timed on the first source classifier
+    src = resolved.models[0]
+    logits = {name: clf(x) for name, clf in classifiers.items()}
+    for metric in metrics_for("localization", resolved.metrics):
+        if metric.cost() is None or src not in classifiers:
+            continue
+        ctx = MapContext(maps=maps, binary=maps > 0.5, box=torch.zeros(bs, 4, device=device), box_valid=torch.ones(bs, dtype=torch.bool, device=device),
+                         batch=batch, source_correct=torch.ones(bs, dtype=torch.bool, device=device), targets=targets, classifiers=classifiers,
+                         source_model=src, eval_models=tuple(resolved.eval_models), logits_clean=logits, shared={})
+        if not metric.applies(ctx):
+            continue
+        t = time_callable(lambda: metric.compute(ctx), device, iters=1, warmup=0, memory=False)
+        rows.append(dict(kind="metric", method=metric.name, model=src, batch_size=bs, image_size=int(x.shape[-1]), dtype="float32",
+                         ms_per_batch=t.median_ms, images_per_s=bs / (t.median_ms / 1e3), error=None))
+        sp.metric[metric.name] = t.median_ms / 1e3 / bs
     return sp, rows
 
 

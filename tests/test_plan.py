@@ -105,3 +105,16 @@ def test_plan_command_and_dry_run_write_nothing(tmp_path, monkeypatch):
     assert set(meta["timing"]["maps_by_method"]) == {"gradcam", "centre"}
     bad = CliRunner().invoke(main, ["plan", *args, "--throughput", str(tmp_path / "nope.parquet")])
     assert bad.exit_code == 2 and "no such file" in bad.output
+
+
+def test_sanity_stage_is_priced_per_recomputed_map(monkeypatch):
+    from salbench import runner
+
+    monkeypatch.setattr(runner, "expand_model_specs", lambda specs, **k: list(specs))
+    r = resolve(RunSpec(**{**SPEC, "metrics": ["sanity", "classification"], "metric_params": {"sanity": {"images": 4, "depths": [1]}}}))
+    plan = build_plan(r, _methods(r), Speeds())
+    sanity = [row for row in plan.rows if row.stage == "sanity"]
+    # gradcam on each source, recomputed at depth 1, fully random and for a random logit (3x); rise is
+    # excluded by default and the classifier-independent centre is never recomputed
+    assert {(row.method, row.source) for row in sanity} == {("gradcam", "zoo:a"), ("gradcam", "zoo:b")}
+    assert all(row.images == 4 and row.forwards == 3 and row.backwards == 3 for row in sanity)
