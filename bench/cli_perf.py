@@ -54,16 +54,19 @@ def _int_list(value: str, what: str) -> list[int]:
 @click.option("--inpaint", default="telea", show_default=True, help="Inpainting backend of the pipeline measurement.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also time a plain forward + backward-to-input pass per model.")
 @click.option("--pretrained", is_flag=True, help="Load the named pretrained weights instead of random init (cost does not depend on weights).")
-@click.option("--peers", is_flag=True, help="Also compare gradient / Grad-CAM with captum / pytorch-grad-cam (needs those packages).")
+@click.option("--peers", is_flag=True, help="Also compare gradient / Grad-CAM with captum / pytorch-grad-cam, and deletion / insertion / ROAD with their "
+              "per-image peers (the RISE loop, Quantus PixelFlipping, pytorch-grad-cam ROAD) (needs captum and grad-cam; quantus optional).")
 @click.option("--peer-model", default="resnet18", show_default=True, help="CNN for --peers.")
 @click.option("--peer-batch-size", type=int, default=32, show_default=True)
 @click.option("--peer-rounds", type=int, default=5, show_default=True, help="Interleaved timing rounds for --peers.")
+@click.option("--peer-images", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Images the per-image faithfulness peers run on (their time is scaled to --peer-batch-size; salbench runs the whole batch).")
 @click.option("--threads", type=int, help="CPU intra-op threads (torch.set_num_threads; default: torch's choice).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default: results/throughput-<time>); throughput.parquet there is merged.")
 @click.option("--quiet", is_flag=True, help="Print only the summary table.")
 @_exit_codes
 def throughput(methods, models, batch_sizes, dtypes, channels_last, compile_, image_size, iters, warmup, device, pipeline_eval_models,
-               inpaint, baseline, pretrained, peers, peer_model, peer_batch_size, peer_rounds, threads, out, quiet):
+               inpaint, baseline, pretrained, peers, peer_model, peer_batch_size, peer_rounds, peer_images, threads, out, quiet):
     """Images/s, ms per batch and peak memory per method x classifier x batch size x dtype.
 
     Writes OUT/throughput.parquet (rows of a configuration measured again replace the old ones).
@@ -89,7 +92,11 @@ def throughput(methods, models, batch_sizes, dtypes, channels_last, compile_, im
             import torch
 
             torch.set_num_threads(threads)
+        from salbench.faithfulness_peers import faithfulness_peer_comparison
+
         results = tp.peer_comparison(peer_model, batch_size=peer_batch_size, image_size=image_size, device=device, rounds=peer_rounds)
+        results += faithfulness_peer_comparison(peer_model, batch_size=peer_batch_size, image_size=image_size, device=device,
+                                                rounds=peer_rounds, peer_images=min(peer_images, peer_batch_size))
         click.echo("peers (same model, batch and device; interleaved rounds, medians):")
         for r in results:
             click.echo("  " + r.line())

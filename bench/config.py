@@ -89,6 +89,8 @@ class RunSpec:
         if not isinstance(data, dict):
             raise UsageError(f"config file {str(path)!r}: expected a mapping of run-spec keys, got {type(data).__name__}")
         data = {str(k).replace("-", "_"): v for k, v in data.items()}
+        if isinstance(data.get("plugins"), list):
+            data["plugins"] = [_beside(path, p) for p in data["plugins"]]
         return cls.from_dict(data, source=f"config file {str(path)!r}", lines=lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +103,17 @@ class RunSpec:
 
     def replace(self, **changes: Any) -> "RunSpec":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _beside(config: Path, plugin: Any) -> Any:
+    """A relative plugin file path in a config file is relative to the config file's folder (as
+    written: ``configs/run.yaml`` naming ``mine.py`` gives ``configs/mine.py``), so a spec runs
+    from any working directory; modules and absolute paths are left as they are."""
+    from salbench.plugins import is_plugin_file
+
+    if not isinstance(plugin, str) or not is_plugin_file(plugin) or plugin.startswith("~") or Path(plugin).is_absolute():
+        return plugin
+    return str(config.parent / plugin)
 
 
 # Fields that change where or how fast a run executes but not its numbers.

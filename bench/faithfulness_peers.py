@@ -7,36 +7,28 @@
   ``PixelFlipping`` (deletion only) where installed.
 
 Timed in interleaved rounds in one process (``salbench.timing``); ratios are medians of per-round
-ratios. ``faithfulness_comparison`` returns the lines ``tests/benchmarks`` and the README quote.
+ratios. ``faithfulness_comparison`` returns ``PeerResult`` rows, which ``salbench throughput
+--peers`` prints and writes as ``kind="peer"`` rows beside the gradient / Grad-CAM peers.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
+import statistics
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from salbench.datasets.base import Batch
+from salbench.device import device_name, resolve_device
+from salbench.methods import create_method
 from salbench.metrics import MapContext
 from salbench.metrics.deletion import Deletion, Insertion, blur_substrate
+from salbench.peers import PeerResult
+from salbench.throughput_setup import load_for_throughput, model_spec, synthetic_inputs
 from salbench.timing import interleaved_times, ratio_of_medians
-
-
-@dataclass
-class FaithfulnessTiming:
-    what: str
-    peer: str
-    images: int
-    ours_ms: float  # median ms for the whole batch
-    peer_ms: float
-    speedup: float  # median of per-round peer / ours
-
-    def line(self) -> str:
-        return (f"{self.what:<20} vs {self.peer:<36} {self.images} images: salbench {self.ours_ms:9.1f} ms, "
-                f"peer {self.peer_ms:9.1f} ms, {self.speedup:6.1f}x")
 
 
 def model_context(clf, x: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor) -> MapContext:
@@ -75,9 +67,16 @@ def causal_per_image(clf, x: torch.Tensor, maps: torch.Tensor, targets: torch.Te
 
 
 def faithfulness_comparison(clf, x: torch.Tensor, maps: torch.Tensor, *, steps: int = 16, fractions: tuple[float, ...] = (0.2, 0.5, 0.8),
-                            rounds: int = 3, peer_images: int | None = None) -> list[FaithfulnessTiming]:
-    """Time ROAD, deletion + insertion and their peers on ``clf`` with images ``x`` and ``maps``;
-    per-image peers run on the first ``peer_images`` images and are scaled to the batch."""
+                            rounds: int = 3, peer_images: int | None = None) -> list[PeerResult]:
+    """Time deletion + insertion and ROAD against their per-image peers on ``clf`` with images
+    ``x`` and ``maps``; the per-image peers run on the first ``peer_images`` images and their time
+    is scaled to the batch (they are per-image loops: linear in the images).
+
+    Agreement: the per-image loop's AUCs against ours on those images (the same computation, so
+    float noise only); Quantus' curves and pytorch-grad-cam's ROAD are checked in the tests
+    (``tests/metrics/test_deletion.py``, ``test_road.py``: their ROAD draws its own noise), so
+    those rows carry no difference here.
+    """
     from salbench.metrics.road import Road
 
     device = x.device
@@ -88,13 +87,28 @@ def faithfulness_comparison(clf, x: torch.Tensor, maps: torch.Tensor, *, steps: 
     sigma = 5.0 * x.shape[-1] / 224
     ours_causal = (Deletion(steps=steps), Insertion(steps=steps, sigma=sigma))
     road = Road(fractions=fractions)
-    results = []
-    fns = {"ours": lambda: [m.compute(model_context(clf, x, maps, t)) for m in ours_causal],
-           "loop": lambda: causal_per_image(clf, x[:k], maps[:k], t[:k], steps, sigma)}
-    times = interleaved_times(fns, device, rounds=rounds)
-    scaled = [v * n / k for v in times["loop"]]
-    results.append(FaithfulnessTiming("deletion+insertion", "per-image loop (RISE CausalMetric)", n, float(np.median(times["ours"])),
-                                      float(np.median(scaled)), ratio_of_medians(scaled, times["ours"])))
+    name = getattr(clf, "name", type(clf).__name__)
+    dev_name = device_name(device)
+
+    def result(method: str, peer: str, times: dict[str, list[float]], diff: float, tol: float, notes: str) -> PeerResult:
+        scaled = [v * n / k for v in times["peer"]]
+        if k < n:
+            notes = f"{notes}; peer timed on {k} of {n} images, scaled x{n / k:g}"
+        return PeerResult(method=method, peer=peer, model=name, batch_size=n, image_size=x.shape[-1], device=dev_name,
+                          ours_ms=statistics.median(times["ours"]), peer_ms=statistics.median(scaled), ours_min_ms=min(times["ours"]),
+                          peer_min_ms=min(scaled), speedup=ratio_of_medians(scaled, times["ours"]), max_abs_diff=diff, tolerance=tol,
+                          rounds=rounds, notes=notes, device_type=device.type)
+
+    def ours_causal_run():
+        return [m.compute(model_context(clf, x, maps, t)) for m in ours_causal]
+
+    got = ours_causal_run()
+    ours_auc = torch.stack([got[0]["deletion_auc"][:k], got[1]["insertion_auc"][:k]], 1).double().cpu().numpy()
+    diff = float(np.abs(ours_auc - causal_per_image(clf, x[:k], maps[:k], t[:k], steps, sigma)).max())
+    times = interleaved_times({"ours": ours_causal_run, "peer": lambda: causal_per_image(clf, x[:k], maps[:k], t[:k], steps, sigma)},
+                              device, rounds=rounds)
+    results = [result("deletion+insertion", "per-image loop (RISE CausalMetric)", times, diff, 1e-5,
+                      f"{steps} steps each; max |diff| of the AUCs")]
     if importlib.util.find_spec("quantus") is not None:
         import quantus
 
@@ -111,10 +125,9 @@ def faithfulness_comparison(clf, x: torch.Tensor, maps: torch.Tensor, *, steps: 
                 return pf(model=clf, x_batch=xs, y_batch=ts, a_batch=ms, device=str(device), softmax=True)
 
         ours_del = Deletion(steps=3 * steps)  # the same number of forwards per image as Quantus' 3 * steps
-        times = interleaved_times({"ours": lambda: ours_del.compute(model_context(clf, x, maps, t)), "quantus": quantus_run}, device, rounds=rounds)
-        scaled = [v * n / k for v in times["quantus"]]
-        results.append(FaithfulnessTiming("deletion", f"quantus PixelFlipping ({3 * steps} steps)", n, float(np.median(times["ours"])),
-                                          float(np.median(scaled)), ratio_of_medians(scaled, times["ours"])))
+        times = interleaved_times({"ours": lambda: ours_del.compute(model_context(clf, x, maps, t)), "peer": quantus_run}, device, rounds=rounds)
+        results.append(result("deletion", "quantus.PixelFlipping", times, math.nan, math.nan,
+                              f"{3 * steps} steps; agreement 1e-5 in tests/metrics/test_deletion.py"))
     if importlib.util.find_spec("pytorch_grad_cam") is not None:
         from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
@@ -126,8 +139,23 @@ def faithfulness_comparison(clf, x: torch.Tensor, maps: torch.Tensor, *, steps: 
         def gradcam_road():
             return [m(x[:k], cams, targets, clf, return_diff=False) for m in peers]
 
-        times = interleaved_times({"ours": lambda: road.compute(model_context(clf, x, maps, t)), "grad-cam": gradcam_road}, device, rounds=rounds)
-        scaled = [v * n / k for v in times["grad-cam"]]
-        results.append(FaithfulnessTiming(f"ROAD {len(fractions)} fractions x 2", "pytorch-grad-cam ROAD (MoRF + LeRF)", n,
-                                          float(np.median(times["ours"])), float(np.median(scaled)), ratio_of_medians(scaled, times["ours"])))
+        times = interleaved_times({"ours": lambda: road.compute(model_context(clf, x, maps, t)), "peer": gradcam_road}, device, rounds=rounds)
+        results.append(result("road", "pytorch_grad_cam ROAD MoRF+LeRF", times, math.nan, math.nan,
+                              f"fractions {', '.join(f'{f:g}' for f in fractions)}; agreement 2e-3 (noise off) in tests/metrics/test_road.py"))
     return results
+
+
+def faithfulness_peer_comparison(model: str = "resnet18", batch_size: int = 8, image_size: int = 224, device: str | torch.device = "auto", *,
+                                 rounds: int = 3, peer_images: int = 4, steps: int = 16, seed: int = 0) -> list[PeerResult]:
+    """``faithfulness_comparison`` as ``salbench throughput --peers`` runs it: a seeded random-init
+    timm classifier (cost does not depend on the weights), smooth synthetic images and the
+    classifier's own Grad-CAM maps of its predicted classes."""
+    dev = resolve_device(device)
+    clf = load_for_throughput(model_spec(model), dev, "float32", False, False, seed)
+    x, _, _, _ = synthetic_inputs(batch_size, image_size, clf.num_classes, dev, seed)
+    with torch.no_grad():
+        t = clf(x).argmax(1)
+    method = create_method("gradcam")
+    method.check(clf)
+    maps = method(clf, x, t).detach()
+    return faithfulness_comparison(clf, x, maps, steps=steps, rounds=rounds, peer_images=peer_images)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import statistics
 import warnings
 from collections.abc import Iterable
@@ -47,20 +48,21 @@ class PeerResult:
     peer_min_ms: float
     speedup: float  # median over rounds of peer_ms / ours_ms: > 1 means salbench is faster
     max_abs_diff: float
-    tolerance: float
+    tolerance: float  # NaN: agreement is checked elsewhere (the notes say where)
     rounds: int
     notes: str = ""
     device_type: str = "cpu"
 
     @property
     def agree(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
+        return math.isnan(self.tolerance) or self.max_abs_diff <= self.tolerance
 
     def line(self) -> str:
+        agreement = ("agreement: see notes" if math.isnan(self.tolerance)
+                     else f"max |diff| {self.max_abs_diff:.1e} ({'agree' if self.agree else 'DISAGREE'})")
         return (f"{self.method:<9} vs {self.peer:<26} {self.model} bs={self.batch_size} {self.image_size}px: salbench {self.ours_ms:8.1f} ms "
                 f"({self.batch_size / self.ours_ms * 1e3:6.1f} img/s), peer {self.peer_ms:8.1f} ms ({self.batch_size / self.peer_ms * 1e3:6.1f} img/s), "
-                f"speed-up x{self.speedup:.2f} (min-time x{self.peer_min_ms / self.ours_min_ms:.2f}), "
-                f"max |diff| {self.max_abs_diff:.1e} ({'agree' if self.agree else 'DISAGREE'})")
+                f"speed-up x{self.speedup:.2f} (min-time x{self.peer_min_ms / self.ours_min_ms:.2f}), {agreement}")
 
 
 class PixelModel(nn.Module):

@@ -230,7 +230,7 @@ def peer_rows(results: list[PeerResult], run_id: str = "peers") -> pa.Table:
                 batch_size=r.batch_size, image_size=r.image_size, channels_last=False, compiled=False, eval_models=0, inpaint=None,
                 images_per_s=r.batch_size / (ms / 1e3), ms_per_batch=ms, ms_per_batch_min=mn, ms_per_batch_max=math.nan,
                 peak_mem_mb=math.nan, mem_kind="unavailable", warmup=1, iters=r.rounds,
-                notes=f"speed-up x{r.speedup:.2f} vs {r.peer}; max |diff| {r.max_abs_diff:.1e}; {r.notes}", error=None,
+                notes=f"speed-up x{r.speedup:.2f} vs {r.peer}; max |diff| {'n/a' if math.isnan(r.max_abs_diff) else format(r.max_abs_diff, '.1e')}; {r.notes}", error=None,
                 versions=vers, timestamp=now,
             ))
     return pa.Table.from_pylist(rows, schema=THROUGHPUT_SCHEMA)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,10 +158,31 @@ def test_config_file_plugins_key_and_its_method_params(plugin_file, tmp_path):
     spec = RunSpec.from_file(cfg)
     assert spec.plugins == [str(plugin_file)] and "my_input_x_gradient" in METHODS
     bad = _write(tmp_path, "bad.yaml", "methods: [centre]\nplugins: [does/not/exist.py]\n")
-    with pytest.raises(UsageError, match=r"line 2: plugins\[0\]: plugin 'does/not/exist.py': no such file"):
+    with pytest.raises(UsageError, match=r"line 2: plugins\[0\]: plugin '.*/does/not/exist.py': no such file"):
         RunSpec.from_file(bad)
     with pytest.raises(UsageError, match=r"plugins=\[3\]: expected a list of plugin files"):
         RunSpec(plugins=[3])
+
+
+def test_config_file_plugin_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    """A spec names its plugin beside it and runs from any working directory; the path enters the
+    spec as the config path's folder joined with it (not made absolute: the hash stays portable)."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    plugin = _write(folder, "beside.py", PLUGIN)
+    _write(folder, "spec.yaml", "plugins: [beside.py]\nmethods: [my_brightness]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    try:
+        spec = RunSpec.from_file(Path("..") / "study" / "spec.yaml")
+        assert spec.plugins == [str(Path("..") / "study" / "beside.py")]
+        assert "my_brightness" in METHODS
+    finally:
+        plugins.unload_plugin(str(plugin))
+    from salbench.config import _beside
+
+    assert _beside(Path("a/spec.yaml"), "my_pkg.methods") == "my_pkg.methods" and _beside(Path("a/s.yaml"), str(plugin)) == str(plugin)
 
 
 @pytest.mark.parametrize("body,needles", [

@@ -158,3 +158,42 @@ def test_peer_maps_agree():
         assert r.ours_ms > 0 and r.peer_ms > 0 and r.speedup > 0
     rows = tp.peer_rows(results)
     assert rows.schema == tp.THROUGHPUT_SCHEMA and rows.num_rows == 4
+
+
+def test_faithfulness_peers_agree_and_scale_the_per_image_loops():
+    """The per-image loop computes our deletion / insertion AUCs; the peers' times are scaled from
+    the images they ran on to the batch; the rows fit the throughput table."""
+    from salbench.faithfulness_peers import faithfulness_comparison
+    from testutils import make_classifier
+
+    clf = make_classifier("test_resnet", num_classes=10, size=32).eval()
+    g = torch.Generator().manual_seed(0)
+    x, maps = torch.rand(3, 3, 32, 32, generator=g), torch.rand(3, 32, 32, generator=g)
+    results = faithfulness_comparison(clf, x, maps, steps=4, fractions=(0.5,), rounds=1, peer_images=1)
+    loop = results[0]
+    assert loop.method == "deletion+insertion" and loop.agree and loop.max_abs_diff <= 1e-5, loop.line()
+    assert "peer timed on 1 of 3 images, scaled x3" in loop.notes
+    expected = {"deletion+insertion"} | ({"deletion"} if importlib.util.find_spec("quantus") else set()) \
+        | ({"road"} if importlib.util.find_spec("pytorch_grad_cam") else set())
+    assert {r.method for r in results} == expected
+    for r in results:
+        assert r.batch_size == 3 and r.ours_ms > 0 and r.peer_ms > 0 and r.speedup > 0, r.line()
+    rows = tp.peer_rows(results)
+    assert rows.schema == tp.THROUGHPUT_SCHEMA and rows.num_rows == 2 * len(results)
+
+
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("captum", "pytorch_grad_cam")), reason="captum / grad-cam not installed")
+def test_cli_peers_include_the_faithfulness_peers(tmp_path):
+    args = ["--methods", "centre", "--models", "test_resnet", "--batch-sizes", "2", "--image-size", "32", "--iters", "1", "--warmup", "0",
+            "--no-baseline", "--device", "cpu", "--peers", "--peer-model", "test_resnet", "--peer-batch-size", "2", "--peer-rounds", "1",
+            "--peer-images", "1", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(throughput_cmd, args)
+    assert res.exit_code == 0, res.output
+    assert "deletion+insertion vs per-image loop" in res.output and "road" in res.output
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "o" / "throughput.parquet").to_pandas()
+    methods = set(table.loc[table["kind"] == "peer", "method"])
+    assert {"salbench:road", "salbench:deletion+insertion", "salbench:gradcam"} <= methods, methods
+    bad = CliRunner().invoke(throughput_cmd, args[:-4] + ["--peer-images", "0", "--out", str(tmp_path / "p")])
+    assert bad.exit_code == 2 and "--peer-images" in bad.output and not (tmp_path / "p").exists()
