@@ -90,11 +90,11 @@ class _Causal(Metric):
         baseline: float = 0.0  # deletion: the value removed pixels take (the paper's black)
         sigma: float = 5.0  # insertion: blur sigma in pixels (the paper's 5 at 224; defaults scale it)
         stride: int = 1  # score the images whose dataset index is divisible by stride
-        chunk: int = 1024  # images per classifier call
+        chunk: int = 0  # images per classifier call (0: by device, perturbation.auto_chunk)
         seed: int = 0  # order of pixels with equal saliency
 
         def __post_init__(self) -> None:
-            for key, low in (("steps", 2), ("stride", 1), ("chunk", 1)):
+            for key, low in (("steps", 2), ("stride", 1), ("chunk", 0)):
                 if getattr(self, key) < low:
                     raise ValueError(f"{key}={getattr(self, key)!r}: expected an integer >= {low}")
             if not self.sigma > 0:

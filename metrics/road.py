@@ -187,7 +187,7 @@ class Road(Metric):
         tol: float = 1e-4  # CG stops at ||r|| <= tol * ||b|| per image and channel
         max_iter: int = 500
         stride: int = 1  # score the images whose dataset index is divisible by stride
-        chunk: int = 512  # images per classifier call
+        chunk: int = 0  # images per classifier call (0: by device, perturbation.auto_chunk)
         seed: int = 0  # tie order and noise draws
 
         def __post_init__(self) -> None:
@@ -196,7 +196,7 @@ class Road(Metric):
                     or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1 for v in f)):
                 raise ValueError(f"fractions={f!r}: expected a non-empty list of removal fractions in (0, 1)")
             object.__setattr__(self, "fractions", tuple(float(v) for v in f))
-            for key, low in (("stride", 1), ("chunk", 1), ("max_iter", 1)):
+            for key, low in (("stride", 1), ("chunk", 0), ("max_iter", 1)):
                 if getattr(self, key) < low:
                     raise ValueError(f"{key}={getattr(self, key)!r}: expected an integer >= {low}")
             if self.noise < 0 or not self.tol > 0:

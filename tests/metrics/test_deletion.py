@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from salbench.datasets.base import Batch
+from salbench.errors import UsageError
 from salbench.metrics import MapContext
 from salbench.metrics.deletion import DeletionCross, Deletion, Insertion, blur_substrate, curve_auc, paper_sigma
 
@@ -153,3 +154,28 @@ def test_deletion_agrees_with_quantus_pixel_flipping():
     theirs = np.asarray(metric(model=clf, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=maps[:, None].numpy(), device="cpu", softmax=True))
     assert theirs.shape == (n, steps)
     np.testing.assert_allclose(ours["deletion_curve"][:, 1:].numpy(), theirs, atol=1e-5)
+
+
+def test_chunk_changes_only_how_many_images_go_through_each_call():
+    """chunk 0 (the device's default, auto_chunk) and a chunk that splits the steps unevenly give
+    the same curves; the classifier sees calls of at most chunk images."""
+    from salbench.metrics.perturbation import auto_chunk
+
+    assert auto_chunk(torch.device("cpu")) == 64 and auto_chunk(torch.device("cuda")) == 1024
+    sizes = []
+
+    class Counting(ObjectReader):
+        def forward(self, x):
+            sizes.append(len(x))
+            return super().forward(x)
+
+    x, model = _images(5), Counting()
+    maps = torch.rand(5, H, W, generator=torch.Generator().manual_seed(0))
+    auto = Deletion(steps=8).compute(_ctx(x, maps, {"src": model}))
+    ctx = _ctx(x, maps, {"src": model})
+    sizes.clear()
+    split = Deletion(steps=8, chunk=3).compute(ctx)
+    assert sizes[0] == 5 and sorted(set(sizes[1:])) == [2, 3]  # the substrate's 5, then the 35 inner images in 3s
+    torch.testing.assert_close(auto["deletion_curve"], split["deletion_curve"])
+    with pytest.raises(UsageError, match="chunk=-1"):
+        Deletion(chunk=-1)
