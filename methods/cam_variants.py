@@ -25,8 +25,10 @@ like ``gradcam``:
   the projection is negated when |min| > |max|, so its strongest response is positive.
 
 Where the head pools before anything else (GAP + linear, or GAP + norm + linear: ResNet,
-EfficientNet, ConvNeXt) G is constant over positions, so ``hirescam`` and ``xgradcam`` give exactly
-Grad-CAM's map (Draelos & Carin note this for HiResCAM); they differ on ViTs and other heads.
+EfficientNet, ConvNeXt, and a ViT whose head averages the tokens, as the zoo's) G is constant over
+positions, so ``hirescam`` and ``xgradcam`` give exactly Grad-CAM's map (Draelos & Carin note this
+for HiResCAM); they differ where the features reach the head otherwise (a class-token ViT's last
+block input: XGrad-CAM differs there, HiResCAM is not applicable).
 """
 
 from __future__ import annotations
