@@ -114,7 +114,8 @@ def throughput(methods, models, batch_sizes, dtypes, channels_last, compile_, im
 @click.option("--metric-tol", type=float, default=0.5, show_default=True, help="Largest allowed move of a metric mean, in percentage points (either direction).")
 @click.option("--throughput-drop", type=float, default=10.0, show_default=True, help="Largest allowed drop of images/s, in percent.")
 @click.option("--ci-tol", type=float, default=0.0, show_default=True,
-              help="Against a reference (OLD written by `salbench reference`): allow a move up to this many times the reference value's 95%% interval half-width, where larger than --metric-tol.")
+              help="Against a reference (OLD written by `salbench reference`): allow a move up to this many times the reference value's 95% interval half-width, where larger than --metric-tol "
+                   "(a 0% / 100% value with a zero-width interval: 150/n pp, the rule of three).")
 @click.option("--all", "show_all", is_flag=True, help="Print every compared value, not only regressions.")
 @_exit_codes
 def compare(old, new, metric_tol, throughput_drop, ci_tol, show_all):

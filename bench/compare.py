@@ -198,9 +198,19 @@ def _means(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     return metric_means(path), None
 
 
+def degenerate_half_width(images: float) -> float:
+    """The half-width, in pp, given to a reference's 0% / 100% value whose bootstrap interval has
+    zero width (every scored image agreed, so resampling cannot move it): the rule of three's 95%
+    bound 3/n on the unseen rate, halved (150/n pp for n images). Without it one image flipping
+    on another CPU's zoo (1/48 of a ROAD accuracy: 2.1 pp) fails a gate that lets 6 pp move
+    elsewhere. NaN images: no floor."""
+    return 150.0 / images if images and not math.isnan(images) else 0.0
+
+
 def compare_metrics(old: Path, new: Path, tol: float, out: Comparison, ci_tol: float = 0.0) -> None:
     """Every compared value of OLD against NEW. Against a reference (OLD with interval
-    half-widths), a value's limit is ``max(tol, ci_tol x half-width)``."""
+    half-widths), a value's limit is ``max(tol, ci_tol x half-width)``; a 0% / 100% value with a
+    zero-width interval has ``degenerate_half_width``."""
     (a, half), (b, _) = _means(old), _means(new)
     loc_names, agn_names = compared_columns()
     cols = [c for c in (*loc_names, *agn_names) if c in a.columns or c in b.columns]
@@ -225,7 +235,10 @@ def compare_metrics(old: Path, new: Path, tol: float, out: Comparison, ci_tol: f
             percent = _is_percent(col)
             unit, limit = ("pp", tol) if percent else ("abs", tol / 100)
             if half is not None and ci_tol > 0 and col in half.columns and idx in half.index and not math.isnan(float(half.at[idx, col])):
-                limit = max(limit, ci_tol * float(half.at[idx, col]))
+                h = float(half.at[idx, col])
+                if percent and h == 0 and va in (0.0, 100.0):
+                    h = degenerate_half_width(float(half.at[idx, "images"]))
+                limit = max(limit, ci_tol * h)
             out.changes.append(Change(table, key, col, va, vb, d, unit, round(limit, 2 if percent else 4), abs(d) > limit + 1e-9, _direction(col, d)))
         ea = float(a.at[idx, "errors"]) if "errors" in a.columns and not pd.isna(a.at[idx, "errors"]) else 0.0
         eb = float(b.at[idx, "errors"]) if "errors" in b.columns and not pd.isna(b.at[idx, "errors"]) else 0.0

@@ -56,7 +56,8 @@ def write_reference(run_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 def reference_means(path: str | Path, columns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(means, interval half-widths) per (method, source_model) from a reference's leaderboard."""
+    """(means, interval half-widths) per (method, source_model) from a reference's leaderboard;
+    the half-widths carry the row's image count in ``images``."""
     rows = json.loads((Path(path) / "leaderboard.json").read_text())
     keys = ["method", "source_model"]
     means, halves = [], []
@@ -64,7 +65,8 @@ def reference_means(path: str | Path, columns: list[str]) -> tuple[pd.DataFrame,
         if not r.get("images"):  # a not-applicable pair: a leaderboard row with its reason, no values
             continue
         means.append({**{k: r.get(k) for k in keys}, **{c: _num(r.get(c)) for c in columns}, "errors": _num(r.get("errors", 0))})
-        halves.append({**{k: r.get(k) for k in keys}, **{c: (_num(r.get(f"{c}_hi")) - _num(r.get(f"{c}_lo"))) / 2 for c in columns}})
+        halves.append({**{k: r.get(k) for k in keys}, **{c: (_num(r.get(f"{c}_hi")) - _num(r.get(f"{c}_lo"))) / 2 for c in columns},
+                       "images": _num(r.get("images"))})
     return pd.DataFrame(means).set_index(keys), pd.DataFrame(halves).set_index(keys)
 
 

@@ -286,3 +286,33 @@ def test_unitless_scores_move_by_the_same_share_of_their_range(tmp_path):
     line = next(ln for ln in res.output.splitlines() if " deletion_auc " in f" {ln} ")
     assert "±0.01" in line and "-0.0200" in line
     assert _cli(ref, run, "--metric-tol", "3").exit_code == 0
+
+
+def test_a_zero_width_interval_at_0_or_100_percent_gets_the_rule_of_three(tmp_path):
+    """A reference value every image agreed on (100%, interval 100-100) cannot be moved by
+    resampling, yet one image flipping on another CPU moves it by 100/n pp: its half-width is
+    taken as 150/n pp (rule of three, halved), not 0."""
+    import shutil
+
+    from salbench.compare import degenerate_half_width
+
+    ref = _reference(tmp_path, make_run(tmp_path / "a"))
+    rows = json.loads((ref / "leaderboard.json").read_text())
+    n = rows[0]["images"]
+    assert degenerate_half_width(n) == pytest.approx(150 / n) and degenerate_half_width(float("nan")) == 0
+    rows[0].update(le=100.0, le_lo=100.0, le_hi=100.0)
+    (ref / "leaderboard.json").write_text(json.dumps(rows))
+
+    def new_with(le: float) -> Path:
+        new = tmp_path / f"new{le}"
+        shutil.copytree(ref, new, dirs_exist_ok=True)
+        moved = [dict(r) for r in rows]
+        moved[0]["le"] = le
+        (new / "leaderboard.json").write_text(json.dumps(moved))
+        return new
+
+    inside, outside = 100 - 0.9 * 150 / n, 100 - 1.1 * 150 / n
+    assert _cli(ref, new_with(inside), "--metric-tol", "1", "--ci-tol", "1").exit_code == 0
+    res = _cli(ref, new_with(outside), "--metric-tol", "1", "--ci-tol", "1")
+    assert res.exit_code == 1 and any(ln.split()[4:5] == ["le"] for ln in res.output.splitlines() if ln.startswith("localization"))
+    assert _cli(ref, new_with(inside), "--metric-tol", "1").exit_code == 1  # no --ci-tol: the plain tolerance
