@@ -296,7 +296,7 @@ class Classifier(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "num_classes": self.num_classes, "preprocess": asdict(self.preprocess),
-                "feature_layer": self.feature_layer_used(), **self.meta}
+                "feature_layer": self.feature_layer_used(), "channels_last": self.channels_last, **self.meta}
 
 
 def token_grid(model: nn.Module, n_tokens: int) -> tuple[int, int] | None:
@@ -342,6 +342,8 @@ def load_classifier(spec: str, options: ModelOptions | None = None) -> Classifie
     options = options or ModelOptions()
     overrides = dict(options.overrides.get(spec, {}))
     feature_layer = overrides.pop("feature_layer", None)
+    own_format = overrides.pop("channels_last", None)  # this classifier's memory format, over the run's
+    channels_last = options.channels_last if own_format is None else bool(own_format)
     if spec.startswith("zoo:"):
         from salbench import zoo
 
@@ -383,7 +385,7 @@ def load_classifier(spec: str, options: ModelOptions | None = None) -> Classifie
         folded = fold_batchnorm(scorer, torch.rand(2, *pre.input_size, generator=torch.Generator().manual_seed(0)))
         meta["bn_folded"] = len(folded)
         meta["bn_folding"] = {"pairs": folded, "used_for": "no-grad scoring forwards only (logits); saliency gradients and hooks use the unfolded model"}
-    clf = Classifier(model, spec, pre, num_classes, meta=meta, amp_dtype=options.amp_dtype, channels_last=options.channels_last, feature_layer=feature_layer)
+    clf = Classifier(model, spec, pre, num_classes, meta=meta, amp_dtype=options.amp_dtype, channels_last=channels_last, feature_layer=feature_layer)
     clf = clf.to(options.device)
     if scorer is not None and meta["bn_folded"]:
         clf.set_scorer(scorer)

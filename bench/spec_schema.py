@@ -45,6 +45,7 @@ class ModelOverride(BaseModel):
     interpolation: StrictStr | None = None
     crop_pct: Annotated[Number, Field(gt=0, le=2)] | None = None
     feature_layer: NonEmptyStr | None = None
+    channels_last: StrictBool | None = None
 
     @field_validator("mean")
     @classmethod
@@ -80,6 +81,7 @@ OVERRIDE_EXPECTED = {
     "interpolation": "one of bilinear, bicubic, nearest, area, lanczos, random",
     "crop_pct": "a number in (0, 2]",
     "feature_layer": "a module name of the classifier, e.g. layer4 or conv_head",
+    "channels_last": "true or false (this classifier's memory format, over the run's channels_last)",
 }
 
 
@@ -155,7 +157,7 @@ EXPECTED = {
     "metrics": "a non-empty list of metric names or wildcards ('*' for the default metrics)",
     "exclude_metrics": "a list of metric names or wildcards",
     "metric_params": "a mapping of metric name -> {parameter: value}",
-    "model_overrides": "a mapping of classifier spec -> {mean, std, input_size, interpolation, crop_pct, feature_layer}",
+    "model_overrides": "a mapping of classifier spec -> {mean, std, input_size, interpolation, crop_pct, feature_layer, channels_last}",
     "name": "a plain run name (no path separators, no '..', not absolute)",
     "plugins": "a list of plugin files (path/to/my_method.py) or module names (my_package.methods)",
 }

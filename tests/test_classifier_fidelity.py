@@ -127,3 +127,32 @@ def test_default_feature_layer_is_recorded(one_thread):
 
     used = make_classifier("test_resnet", size=32).describe()["feature_layer"]
     assert used["kind"] == "nchw" and used["module"] is None and "forward_features" in used["tensor"]
+
+
+def test_a_classifier_can_run_channels_last_by_itself():
+    """``model_overrides: {M: {channels_last: ...}}`` sets one classifier's memory format over the
+    run's (on a CPU it pays for BatchNorm CNNs and not for ConvNeXt: docs/performance.md); the
+    logits and input gradients are those of the contiguous model up to float rounding, and run.json
+    records the format."""
+    from salbench.classifiers import ModelOptions, load_classifier
+
+    spec = "random:test_resnet"
+
+    def load(options):
+        torch.manual_seed(0)  # the same random weights each time
+        return load_classifier(spec, options)
+
+    plain = load(ModelOptions())
+    own = load(ModelOptions(overrides={spec: {"channels_last": True}}))
+    off = load(ModelOptions(channels_last=True, overrides={spec: {"channels_last": False}}))
+    assert (plain.channels_last, own.channels_last, off.channels_last) == (False, True, False)
+    assert own.describe()["channels_last"] is True and plain.describe()["channels_last"] is False
+    x = torch.rand(4, 3, *plain.preprocess.input_size[1:], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(own(x), plain(x), atol=1e-4, rtol=1e-4)
+    grads = []
+    for clf in (plain, own):
+        xi = x.clone().requires_grad_(True)
+        clf(xi)[:, 0].sum().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)

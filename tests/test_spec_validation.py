@@ -63,6 +63,7 @@ YAML_CASES = {
     "overrides-input_size-zero": ("model_overrides: {'zoo:resnet': {input_size: 0}}", ["input_size=0"], 4),
     "overrides-input_size-string": ("model_overrides: {'zoo:resnet': {input_size: big}}", ["input_size='big'"], 4),
     "overrides-std-zero": ("model_overrides: {'zoo:resnet': {std: [0, 0, 0]}}", ["std=[0, 0, 0]"], 4),
+    "overrides-channels_last-string": ("model_overrides: {'zoo:resnet': {channels_last: yes_please}}", ["channels_last='yes_please'", "true or false"], 4),
     "overrides-std-two": ("model_overrides: {'zoo:resnet': {std: [0.2, 0.2]}}", ["std=[0.2, 0.2]"], 4),
     "overrides-mean-string": ("model_overrides: {'zoo:resnet': {mean: grey}}", ["mean='grey'"], 4),
     "overrides-interpolation": ("model_overrides: {'zoo:resnet': {interpolation: cubic}}", ["interpolation='cubic'"], 4),
