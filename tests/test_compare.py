@@ -227,6 +227,14 @@ def _reference(tmp_path: Path, run: Path, name: str = "ref") -> Path:
     return tmp_path / name
 
 
+def _edit_first_row(ref: Path, edit) -> list[dict]:
+    """Rewrite a reference's leaderboard with ``edit`` applied to its first row; the rows."""
+    rows = json.loads((ref / "leaderboard.json").read_text())
+    edit(rows[0])
+    (ref / "leaderboard.json").write_text(json.dumps(rows))
+    return rows
+
+
 def test_a_reference_holds_the_summary_not_the_rows_and_passes_against_its_own_run(tmp_path):
     run = make_run(tmp_path / "a")
     ref = _reference(tmp_path, run)
@@ -256,9 +264,7 @@ def test_a_perturbed_reference_value_fails_the_gate(tmp_path):
     perturbed by 3 pp, the same run now fails."""
     run = make_run(tmp_path / "a")
     ref = _reference(tmp_path, run)
-    rows = json.loads((ref / "leaderboard.json").read_text())
-    rows[0]["f1"] += 3.0
-    (ref / "leaderboard.json").write_text(json.dumps(rows))
+    _edit_first_row(ref, lambda r: r.update(f1=r["f1"] + 3.0))
     res = _cli(ref, run, "--metric-tol", "1")
     assert res.exit_code == 1
     assert any(ln.startswith("localization") and " f1 " in f" {ln} " for ln in res.output.splitlines())
@@ -278,9 +284,7 @@ def test_unitless_scores_move_by_the_same_share_of_their_range(tmp_path):
     """A deletion AUC (0..1, not a percent) is held to metric_tol / 100: 0.02 is beyond 1 pp."""
     run = make_run(tmp_path / "a")
     ref = _reference(tmp_path, run)
-    rows = json.loads((ref / "leaderboard.json").read_text())
-    rows[0]["deletion_auc"] += 0.02
-    (ref / "leaderboard.json").write_text(json.dumps(rows))
+    _edit_first_row(ref, lambda r: r.update(deletion_auc=r["deletion_auc"] + 0.02))
     res = _cli(ref, run, "--metric-tol", "1")
     assert res.exit_code == 1, res.output
     line = next(ln for ln in res.output.splitlines() if " deletion_auc " in f" {ln} ")
@@ -297,11 +301,9 @@ def test_a_zero_width_interval_at_0_or_100_percent_gets_the_rule_of_three(tmp_pa
     from salbench.compare import degenerate_half_width
 
     ref = _reference(tmp_path, make_run(tmp_path / "a"))
-    rows = json.loads((ref / "leaderboard.json").read_text())
+    rows = _edit_first_row(ref, lambda r: r.update(le=100.0, le_lo=100.0, le_hi=100.0))
     n = rows[0]["images"]
     assert degenerate_half_width(n) == pytest.approx(150 / n) and degenerate_half_width(float("nan")) == 0
-    rows[0].update(le=100.0, le_lo=100.0, le_hi=100.0)
-    (ref / "leaderboard.json").write_text(json.dumps(rows))
 
     def new_with(le: float) -> Path:
         new = tmp_path / f"new{le}"
