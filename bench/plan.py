@@ -180,18 +180,31 @@ def _sanity_rows(resolved, name: str, method: SaliencyMethod, src: str, size: tu
 
 
 # ----------------------------------------------------------------------------- speeds
-def speeds_from_throughput(table: pa.Table, classifiers: list[str], image_size: int, batch_size: int, source: str) -> Speeds:
+def _row_names(clf: str) -> list[str]:
+    """The throughput-table model names that price ``clf``: itself, then (a timm classifier) the
+    same architecture with random weights, as ``salbench throughput`` names plain timm models."""
+    if clf.startswith(("zoo:", "random:")):
+        return [clf]
+    arch = clf.split("@", 1)[0]
+    return list(dict.fromkeys([clf, f"random:{arch}", f"random:{arch.split('.')[0]}"]))
+
+
+def speeds_from_throughput(table: pa.Table, classifiers: list[str], image_size: int, batch_size: int, source: str,
+                           dtype: str = "float32") -> Speeds:
     """Per-image forward / backward seconds from throughput rows (``forward`` and
-    ``forward_backward_baseline`` kinds) at ``image_size``, the batch size nearest the run's."""
-    rows = [r for r in table.to_pylist() if r.get("image_size") == image_size and r.get("error") is None and r.get("ms_per_batch") == r.get("ms_per_batch")]
+    ``forward_backward_baseline`` kinds) at ``image_size`` and ``dtype``, the batch size nearest the
+    run's; a timm classifier is priced by its architecture's random-init rows when it has none."""
+    rows = [r for r in table.to_pylist() if r.get("image_size") == image_size and r.get("error") is None and r.get("ms_per_batch") == r.get("ms_per_batch")
+            and (r.get("dtype") or "float32") == dtype]
     sp = Speeds(source=source)
 
-    def pick(kind: str, model: str) -> float | None:
-        cands = [r for r in rows if r["kind"] == kind and r["model"] == model and r.get("dtype", "float32") == "float32"]
-        if not cands:
-            return None
-        best = min(cands, key=lambda r: abs(math.log(r["batch_size"] / batch_size)))
-        return best["ms_per_batch"] / 1e3 / best["batch_size"]
+    def pick(kind: str, clf: str) -> float | None:
+        for model in _row_names(clf):
+            cands = [r for r in rows if r["kind"] == kind and r["model"] == model]
+            if cands:
+                best = min(cands, key=lambda r: abs(math.log(r["batch_size"] / batch_size)))
+                return best["ms_per_batch"] / 1e3 / best["batch_size"]
+        return None
 
     for clf in classifiers:
         f, fb = pick("forward", clf), pick("forward_backward_baseline", clf)
@@ -203,9 +216,9 @@ def speeds_from_throughput(table: pa.Table, classifiers: list[str], image_size: 
         vals = [r["ms_per_batch"] / 1e3 / r["batch_size"] for r in rows if r["kind"] == kind]
         if vals:
             setattr(sp, attr, min(vals))
-    for r in rows:
-        if r["kind"] == "metric":
-            sp.metric[r["method"]] = r["ms_per_batch"] / 1e3 / r["batch_size"]
+    first = set(_row_names(classifiers[0])) if classifiers else set()
+    for r in sorted((r for r in rows if r["kind"] == "metric"), key=lambda r: r["model"] in first):  # the first source's rows win
+        sp.metric[r["method"]] = r["ms_per_batch"] / 1e3 / r["batch_size"]
     return sp
 
 
@@ -226,7 +239,7 @@ def calibrate(resolved, classifiers: dict[str, Any], device: torch.device, batch
     rows: list[dict[str, Any]] = []
 
     def add(kind: str, model: str, ms: float, n_img: int) -> None:
-        rows.append(dict(kind=kind, method="-", model=model, batch_size=n_img, image_size=int(x.shape[-1]), dtype="float32", ms_per_batch=ms,
+        rows.append(dict(kind=kind, method="-", model=model, batch_size=n_img, image_size=int(x.shape[-1]), dtype=spec.dtype, ms_per_batch=ms,
                          images_per_s=n_img / (ms / 1e3), error=None))
 
     stacked = torch.cat([x, x, x])
@@ -282,7 +295,7 @@ def calibrate(resolved, classifiers: dict[str, Any], device: torch.device, batch
         if not metric.applies(ctx):
             continue
         t = time_callable(lambda: metric.compute(ctx), device, iters=1, warmup=0, memory=False)
-        rows.append(dict(kind="metric", method=metric.name, model=src, batch_size=bs, image_size=int(x.shape[-1]), dtype="float32",
+        rows.append(dict(kind="metric", method=metric.name, model=src, batch_size=bs, image_size=int(x.shape[-1]), dtype=spec.dtype,
                          ms_per_batch=t.median_ms, images_per_s=bs / (t.median_ms / 1e3), error=None))
         sp.metric[metric.name] = t.median_ms / 1e3 / bs
     return sp, rows
@@ -324,7 +337,8 @@ def load_saved_speeds(resolved, device) -> Speeds | None:
     except Exception:
         return None
     names = list(dict.fromkeys(resolved.models + resolved.eval_models))
-    sp = speeds_from_throughput(table, names, int(resolved.dataset.image_size[-1]), resolved.spec.batch_size, f"saved calibration {path}")
+    sp = speeds_from_throughput(table, names, int(resolved.dataset.image_size[-1]), resolved.spec.batch_size, f"saved calibration {path}",
+                                resolved.spec.dtype)
     return sp if all(sp.known(n) for n in names) else None
 
 
@@ -337,8 +351,11 @@ def save_speeds(rows: list[dict[str, Any]], device) -> Path:
 
     path = calibration_path(device_name(device))
     old = pq.read_table(path).to_pylist() if path.is_file() else []
-    fresh = {(r["kind"], r["model"], r["image_size"]) for r in rows}
-    merged = [r for r in old if (r["kind"], r["model"], r["image_size"]) not in fresh] + rows
+    def key(r: dict[str, Any]) -> tuple:
+        return r["kind"], r["model"], r["image_size"], r.get("dtype") or "float32", r.get("method", "-")
+
+    fresh = {key(r) for r in rows}
+    merged = [r for r in old if key(r) not in fresh] + rows
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(merged), sink)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -351,7 +368,11 @@ def save_speeds(rows: list[dict[str, Any]], device) -> Path:
 def _fmt_s(s: float | None) -> str:
     if s is None:
         return "?"
-    return f"{s:.1f}" if s < 600 else f"{s / 60:.1f} min"
+    if s < 600:
+        return f"{s:.1f}"
+    if s < 3 * 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h" if s < 3 * 86400 else f"{s / 86400:.1f} d"
 
 
 def format_plan(plan: Plan, *, detail: bool = True) -> str:

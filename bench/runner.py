@@ -87,8 +87,9 @@ class ResolvedRun:
         return self.hash[:12]
 
 
-def resolve(spec: RunSpec) -> ResolvedRun:
-    """Expand wildcards, build the dataset and method objects, check every name (raises UsageError)."""
+def resolve(spec: RunSpec, dataset: SaliencyDataset | None = None) -> ResolvedRun:
+    """Expand wildcards, build the dataset and method objects, check every name (raises UsageError).
+    ``dataset`` stands in for the spec's (``salbench plan --images``: a dataset not on this machine)."""
     methods = METHODS.select(spec.methods, exclude=spec.exclude_methods)
     if list(spec.methods) == ["*"]:  # "every method": registered methods, not every cached checkpoint
         methods = [m for m in methods if METHODS.get(m).default_selected]
@@ -96,7 +97,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         raise UsageError(f"no methods left after excluding {spec.exclude_methods}")
     for name in sorted(set(spec.method_params) - set(METHODS.names())):
         METHODS.get(name)  # an adapter spec (captum:...) builds; anything else is an unknown method
-    dataset = build_dataset(spec.dataset)
+    dataset = build_dataset(spec.dataset) if dataset is None else dataset
     # per-dataset defaults (e.g. RISE mask count, occlusion window for the image size), then the spec's
     method_params = {m: {**METHODS.get(m).defaults_for(tuple(dataset.image_size)), **spec.method_params.get(m, {})} for m in methods}
     # method parameters checked against the image size; a limit above the dataset size said aloud

@@ -118,3 +118,62 @@ def test_sanity_stage_is_priced_per_recomputed_map(monkeypatch):
     # excluded by default and the classifier-independent centre is never recomputed
     assert {(row.method, row.source) for row in sanity} == {("gradcam", "zoo:a"), ("gradcam", "zoo:b")}
     assert all(row.images == 4 and row.forwards == 3 and row.backwards == 3 for row in sanity)
+
+
+def test_speeds_follow_the_run_dtype_and_price_a_timm_classifier_by_its_random_init_rows():
+    rows = [dict(kind="forward", model="random:resnet50", image_size=224, batch_size=128, ms_per_batch=128 * ms, dtype=dt, error=None)
+            for dt, ms in (("float32", 4.0), ("bfloat16", 1.0))]
+    rows.append(dict(kind="forward", model="random:resnet50.a1_in1k", image_size=224, batch_size=128, ms_per_batch=128 * 0.5, dtype="bfloat16", error=None))
+    table = pa.Table.from_pylist(rows)
+    # `salbench throughput --models resnet50` names its rows random:resnet50: they price the pretrained classifier
+    assert speeds_from_throughput(table, ["resnet50.a2_in1k"], 224, 128, "t", "bfloat16").forward["resnet50.a2_in1k"] == pytest.approx(1e-3)
+    assert speeds_from_throughput(table, ["resnet50@w.pth"], 224, 128, "t").forward["resnet50@w.pth"] == pytest.approx(4e-3)
+    # the exact tag first; a zoo classifier only by its own rows
+    assert speeds_from_throughput(table, ["resnet50.a1_in1k"], 224, 128, "t", "bfloat16").forward["resnet50.a1_in1k"] == pytest.approx(0.5e-3)
+    assert "zoo:resnet50" not in speeds_from_throughput(table, ["zoo:resnet50"], 224, 128, "t", "bfloat16").forward
+
+
+def test_planned_dataset_takes_count_size_and_masks_from_the_spec_without_opening_it():
+    from salbench.errors import UsageError
+    from salbench.planned_dataset import PlannedDataset
+
+    d = PlannedDataset("imagenet:/nowhere/ILSVRC2012/val?size=48&limit=30", 50000)
+    assert len(d) == 30 and d.image_size == (48, 48) and d.num_classes == 1000 and not d.has_masks
+    s = d[3]
+    assert s.image.shape == (3, 48, 48) and s.gt_mask is None and s.boxes.shape[-1] == 4 and 0 <= s.label < 1000
+    assert PlannedDataset("imagenet:/nowhere", 7).image_size == (224, 224)  # the format's default crop
+    assert PlannedDataset("folder:/nowhere?masks=/m", 5).has_masks
+    syn = PlannedDataset("synthetic?size=32&classes=4", 12)
+    assert len(syn) == 12 and syn[0].gt_mask is not None and syn[0].gt_mask.shape == (32, 32)
+    for bad in (0, -3):
+        with pytest.raises(UsageError, match="--images"):
+            PlannedDataset("imagenet:/nowhere", bad)
+    with pytest.raises(UsageError, match="size"):
+        PlannedDataset("imagenet:/nowhere?size=4", 10)
+
+
+def test_plan_before_the_download(tmp_path, monkeypatch):
+    """A study on a dataset that is not here, with pretrained weights that are not here: the plan
+    prices it (random weights of the same architectures, synthetic content at the spec's size)."""
+    from salbench.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    args = ["--dataset", "imagenet:/nowhere/val?size=32", "--models", "resnet18.a1_in1k", "--eval-models", "resnet18.a1_in1k",
+            "--methods", "gradcam,centre", "--metrics", "le,classification", "--batch-size", "64"]
+    res = CliRunner().invoke(main, ["plan", *args, "--images", "50000", "--calibration-batch", "2", "--brief"])
+    assert res.exit_code == 0, res.output
+    assert "planned for 50000 images of 32x32 px (without pixel masks)" in res.output
+    assert "priced as random:resnet18.a1_in1k" in res.output
+    total = [line for line in res.output.splitlines() if line.startswith("total")][0]
+    assert "?" not in total and int(total.split()[1]) == 50000 * (1 + 1 + 2 * 3)  # clean, gradcam, 3 variants of 2 maps
+    # without --images the dataset is opened: one clear line, exit 2
+    res = CliRunner().invoke(main, ["plan", *args])
+    assert res.exit_code == 2 and "not a folder" in res.output
+    assert not (tmp_path / "results").exists()
+
+
+def test_long_estimates_read_in_hours_and_days():
+    from salbench.plan import _fmt_s
+
+    assert [_fmt_s(v) for v in (None, 59.94, 1800, 4 * 3600, 10 * 86400)] == ["?", "59.9", "30.0 min", "4.0 h", "10.0 d"]
