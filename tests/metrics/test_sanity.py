@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from salbench.metrics.sanity import (
     Sanity,
     SanityContext,
+    average_ranks,
     hog_features,
     hog_similarity,
     random_other_class,
@@ -36,6 +37,21 @@ def test_spearman_of_absolute_maps_matches_scipy_with_ties():
     got = spearman_abs(a, b)
     want = [spearmanr(a[i].abs().flatten().numpy(), b[i].abs().flatten().numpy()).statistic for i in range(4)]
     assert np.allclose(got.numpy(), want, atol=1e-5)
+
+
+def test_average_ranks_match_scipy_and_the_spearman_matches_torchmetrics_on_cam_like_ties():
+    from scipy.stats import rankdata
+    from torchmetrics.functional.regression import spearman_corrcoef
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 5, (6, 200), generator=g).float()  # a handful of values: long tie runs
+    x[0] = 2.0  # one constant row
+    assert np.array_equal(average_ranks(x).numpy(), rankdata(x.numpy(), method="average", axis=1))
+    # maps that are zero over most pixels, as a ReLU'd CAM is
+    a = (_smooth_maps(5, seed=4) - 0.6).clamp_min(0)
+    b = (_smooth_maps(5, seed=5) - 0.6).clamp_min(0)
+    want = spearman_corrcoef(a.flatten(1).T, b.flatten(1).T)
+    assert torch.allclose(spearman_abs(a, b), want, atol=1e-5)
 
 
 def test_ssim_matches_scikit_image_gaussian_ssim():
