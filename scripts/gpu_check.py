@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,15 +47,23 @@ def readme_imagenet_spec() -> str:
 
 
 def salbench(*args: str, log: Path) -> str:
-    """Run ``python -m salbench ARGS``; its output is appended to ``log`` and returned; a failure stops the check."""
-    cmd = [sys.executable, "-m", "salbench", *args]
+    """Run ``salbench ARGS`` in this process (one import of torch and timm for every step); its
+    output is appended to ``log`` and returned; a failure stops the check."""
+    from click.testing import CliRunner
+
+    from salbench.cli import main as cli
+
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = CliRunner().invoke(cli, list(args), catch_exceptions=True)
     with log.open("a") as f:
-        f.write(f"$ {' '.join(cmd)}\n{res.stdout}{res.stderr}[exit {res.returncode}, {time.perf_counter() - t0:.1f} s]\n\n")
-    if res.returncode != 0:
-        sys.exit(f"gpu_check: `salbench {' '.join(args[:2])} ...` failed (exit {res.returncode}); see {log}\n{res.stderr[-2000:]}")
-    return res.stdout
+        f.write(f"$ salbench {' '.join(args)}\n{res.output}[exit {res.exit_code}, {time.perf_counter() - t0:.1f} s]\n\n")
+        if res.exception is not None and not isinstance(res.exception, SystemExit) and res.exc_info:
+            import traceback
+
+            f.write("".join(traceback.format_exception(*res.exc_info)))
+    if res.exit_code != 0:
+        sys.exit(f"gpu_check: `salbench {' '.join(args[:2])} ...` failed (exit {res.exit_code}); see {log}\n{res.output[-2000:]}")
+    return res.output
 
 
 def random_weights(archs: list[str], folder: Path, num_classes: int) -> dict[str, str]:
