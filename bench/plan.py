@@ -285,19 +285,20 @@ def calibrate(resolved, classifiers: dict[str, Any], device: torch.device, batch
     # metrics that call classifiers (deletion, insertion, ROAD): their passes and the CPU work
     # around them (the ROAD imputation's solve), timed on the first source classifier
     src = resolved.models[0]
-    logits = {name: clf(x) for name, clf in classifiers.items()}
-    for metric in metrics_for("localization", resolved.metrics):
-        if metric.cost() is None or src not in classifiers:
-            continue
-        ctx = MapContext(maps=maps, binary=maps > 0.5, box=torch.zeros(bs, 4, device=device), box_valid=torch.ones(bs, dtype=torch.bool, device=device),
-                         batch=batch, source_correct=torch.ones(bs, dtype=torch.bool, device=device), targets=targets, classifiers=classifiers,
-                         source_model=src, eval_models=tuple(resolved.eval_models), logits_clean=logits, shared={})
-        if not metric.applies(ctx):
-            continue
-        t = time_callable(lambda: metric.compute(ctx), device, iters=1, warmup=0, memory=False)
-        rows.append(dict(kind="metric", method=metric.name, model=src, batch_size=bs, image_size=int(x.shape[-1]), dtype=spec.dtype,
-                         ms_per_batch=t.median_ms, images_per_s=bs / (t.median_ms / 1e3), error=None))
-        sp.metric[metric.name] = t.median_ms / 1e3 / bs
+    with torch.no_grad():  # as the runner's evaluate_batch: scoring forwards use the BN-folded scorer
+        logits = {name: clf(x) for name, clf in classifiers.items()}
+        for metric in metrics_for("localization", resolved.metrics):
+            if metric.cost() is None or src not in classifiers:
+                continue
+            ctx = MapContext(maps=maps, binary=maps > 0.5, box=torch.zeros(bs, 4, device=device), box_valid=torch.ones(bs, dtype=torch.bool, device=device),
+                             batch=batch, source_correct=torch.ones(bs, dtype=torch.bool, device=device), targets=targets, classifiers=classifiers,
+                             source_model=src, eval_models=tuple(resolved.eval_models), logits_clean=logits, shared={})
+            if not metric.applies(ctx):
+                continue
+            t = time_callable(lambda: metric.compute(ctx), device, iters=1, warmup=0, memory=False)
+            rows.append(dict(kind="metric", method=metric.name, model=src, batch_size=bs, image_size=int(x.shape[-1]), dtype=spec.dtype,
+                             ms_per_batch=t.median_ms, images_per_s=bs / (t.median_ms / 1e3), error=None))
+            sp.metric[metric.name] = t.median_ms / 1e3 / bs
     return sp, rows
 
 

@@ -44,7 +44,6 @@ def subsample(index: torch.Tensor, stride: int) -> torch.Tensor:
     return torch.nonzero(index.to(torch.int64) % stride == 0).flatten()
 
 
-@torch.no_grad()
 def auto_chunk(device: torch.device) -> int:
     """Images per classifier call when a metric's ``chunk`` is 0: large stacks on a GPU (fewer
     launches), 64 on a CPU, where a stack of hundreds of images leaves the caches and costs more
@@ -52,6 +51,7 @@ def auto_chunk(device: torch.device) -> int:
     return 1024 if device.type == "cuda" else 64
 
 
+@torch.no_grad()
 def target_scores(classifier: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, targets: torch.Tensor,
                   chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probability of ``targets`` and top-1 hit for N x 3 x H x W images (targets N),

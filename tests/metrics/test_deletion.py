@@ -179,3 +179,21 @@ def test_chunk_changes_only_how_many_images_go_through_each_call():
     torch.testing.assert_close(auto["deletion_curve"], split["deletion_curve"])
     with pytest.raises(UsageError, match="chunk=-1"):
         Deletion(chunk=-1)
+
+
+def test_scoring_calls_record_no_gradient():
+    """The perturbed copies are scored without autograd, whatever the caller's mode: a Classifier
+    then uses its BN-folded scorer, as the run's other scoring forwards do."""
+    from salbench.metrics.perturbation import target_scores
+
+    modes = []
+
+    class Recording(ObjectReader):
+        def forward(self, x):
+            modes.append(torch.is_grad_enabled())
+            return super().forward(x)
+
+    x = _images(3)
+    with torch.enable_grad():
+        target_scores(Recording(), x, torch.zeros(3, dtype=torch.long), chunk=2)
+    assert modes == [False, False]
