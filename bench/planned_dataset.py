@@ -10,6 +10,7 @@ them, and renders synthetic images of that size for the calibration passes.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from salbench.datasets import parse_spec
 from salbench.datasets.base import SaliencyDataset, Sample
@@ -35,21 +36,23 @@ class PlannedDataset(SaliencyDataset):
             real = build_dataset(spec)  # rendered on demand: opening it reads nothing
             size, has_masks, limit = int(real.image_size[0]), True, None
             self.num_classes = real.num_classes
+            content = real.cfg  # its own images (classes, variant), any count
         else:
             from salbench.datasets.boxed import CommonOptions
 
             options = CommonOptions.pop_from(name, params)
             size, has_masks, limit = options.size, "masks" in params, options.limit
             self.num_classes = _FORMAT_CLASSES.get(name, 1000)
+            from salbench.datasets.synthetic import SyntheticConfig
+
+            content = SyntheticConfig(size=max(size, 16))  # the renderer's smallest image is 16 px
         self.n = n if limit is None else min(n, limit)
         self.image_size = (size, size)
         self.has_masks = has_masks
         self.spec = spec
         self.class_names = [str(k) for k in range(self.num_classes)]
         self.skipped = {}
-        from salbench.datasets.synthetic import SyntheticConfig
-
-        self._content = SyntheticConfig(size=max(size, 16))
+        self._content = content
 
     def __len__(self) -> int:
         return self.n
@@ -60,14 +63,13 @@ class PlannedDataset(SaliencyDataset):
         if not 0 <= i < self.n:
             raise IndexError(i)
         img, label, boxes, mask = render(self._content, "val", i)
-        image = torch.from_numpy(img).permute(2, 0, 1).contiguous()
-        if self._content.size != self.image_size[0]:  # below 16 px the renderer's smallest image, resized
-            image = torch.nn.functional.interpolate(image[None], size=self.image_size, mode="bilinear", align_corners=False)[0]
-            scale = self.image_size[0] / self._content.size
-            boxes, mask = boxes * scale, None
+        image, gt_mask = torch.from_numpy(img).permute(2, 0, 1).contiguous(), torch.from_numpy(mask)
+        if self._content.size != self.image_size[0]:  # a crop below 16 px: the smallest rendering, resized
+            image = F.interpolate(image[None], size=self.image_size, mode="bilinear", align_corners=False)[0]
+            gt_mask = F.interpolate(gt_mask[None, None].float(), size=self.image_size, mode="nearest")[0, 0] > 0
+            boxes = boxes * (self.image_size[0] / self._content.size)
         return Sample(index=i, id=f"planned-{i:06d}", image=image, label=label % self.num_classes, boxes=torch.as_tensor(boxes),
-                      gt_mask=torch.from_numpy(mask) if self.has_masks and mask is not None else None,
-                      unclipped_boxes=torch.as_tensor(boxes).clone())
+                      gt_mask=gt_mask if self.has_masks else None, unclipped_boxes=torch.as_tensor(boxes).clone())
 
     def protocol(self) -> dict:
         return {**super().protocol(), "planned_images": self.n}

@@ -8,6 +8,7 @@ import json
 
 import pyarrow as pa
 import pytest
+import torch
 from click.testing import CliRunner
 
 from salbench.config import RunSpec
@@ -143,8 +144,14 @@ def test_planned_dataset_takes_count_size_and_masks_from_the_spec_without_openin
     assert s.image.shape == (3, 48, 48) and s.gt_mask is None and s.boxes.shape[-1] == 4 and 0 <= s.label < 1000
     assert PlannedDataset("imagenet:/nowhere", 7).image_size == (224, 224)  # the format's default crop
     assert PlannedDataset("folder:/nowhere?masks=/m", 5).has_masks
+    small = PlannedDataset("folder:/nowhere?masks=/m&size=12", 5)[0]  # below the renderer's 16 px: resized, mask too
+    assert small.image.shape == (3, 12, 12) and small.gt_mask.shape == (12, 12) and small.gt_mask.dtype == torch.bool
     syn = PlannedDataset("synthetic?size=32&classes=4", 12)
     assert len(syn) == 12 and syn[0].gt_mask is not None and syn[0].gt_mask.shape == (32, 32)
+    from salbench.datasets import build_dataset
+
+    real = build_dataset("synthetic?size=32&classes=4")  # the spec's own images, beyond its n too
+    assert torch.equal(syn[3].image, real[3].image) and syn[3].label == real[3].label
     for bad in (0, -3):
         with pytest.raises(UsageError, match="--images"):
             PlannedDataset("imagenet:/nowhere", bad)
