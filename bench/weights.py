@@ -192,6 +192,8 @@ def drop_background_class(classifier: nn.Module) -> nn.Module:
             _drop_first_head_row(m)
     if model is not classifier and hasattr(classifier, "num_classes"):
         classifier.num_classes = int(classifier.num_classes) - 1
+    if hasattr(classifier, "scorer_changed"):
+        classifier.scorer_changed()
     return classifier
 
 

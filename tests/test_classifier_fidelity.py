@@ -3,6 +3,7 @@ and any module can be the CAM feature layer (in-place activations after it inclu
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
 from torch import nn
@@ -156,3 +157,72 @@ def test_a_classifier_can_run_channels_last_by_itself():
         clf(xi)[:, 0].sum().backward()
         grads.append(xi.grad)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch, how", [("test_resnet", "oneDNN"), ("test_efficientnet", "channels-last"),
+                                       ("test_convnext", "channels-last"), ("test_vit", "channels-last")])
+def test_scoring_forwards_on_a_cpu_run_a_frozen_graph(arch, how, one_thread):
+    """On a CPU the no-grad scoring forwards run a frozen TorchScript graph of the scorer (dense
+    convolutions: oneDNN-optimised; grouped ones or a ViT: channels-last), with the eager logits up
+    to rounding at more than one batch size; gradients still see the unfolded eager model."""
+    from salbench.classifiers import freeze_for_cpu
+
+    spec = f"random:{arch}"
+    torch.manual_seed(0)
+    clf = load_classifier(spec, ModelOptions(overrides={spec: {"input_size": 64}}))
+    assert how in clf.describe()["scorer"]
+    frozen = clf._scoring_model()
+    assert frozen is not clf.scorer and frozen is not clf.model
+    for n in (1, 6):
+        x = torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            scored = clf(x)
+            eager = clf.scorer(clf.normalize(x))
+        with torch.enable_grad():
+            graded = clf(x).detach()
+        torch.testing.assert_close(scored, eager, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(scored, graded, atol=1e-4, rtol=1e-4)
+    model, why = freeze_for_cpu(clf.model, torch.rand(5, 3, 64, 64))
+    assert model is not clf.model and why == clf.describe()["scorer"]
+
+
+def test_a_model_that_cannot_be_frozen_stays_eager_and_says_why():
+    from salbench.classifiers import freeze_for_cpu
+
+    class DataDependent(nn.Module):  # a trace would bake in the branch the probe took
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.conv2 = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            y = self.conv2(self.conv(x)).mean((2, 3))
+            return y if x.shape[0] > 4 else -y
+
+    model = DataDependent().eval()
+    out, why = freeze_for_cpu(model, torch.rand(5, 3, 16, 16))
+    assert out is model and why.startswith("eager (the frozen graph's logits moved by")
+
+    class Untraceable(nn.Module):  # a dict output is refused by a strict trace
+        def forward(self, x):
+            return {"logits": x.mean((2, 3))}
+
+    model = Untraceable().eval()
+    out, why = freeze_for_cpu(model, torch.rand(5, 3, 8, 8))
+    assert out is model and why.startswith("eager (freezing failed: ")
+
+
+def test_a_scorer_changed_in_place_is_frozen_again():
+    """drop_background_class edits the scorer's head in place: the frozen graph is rebuilt."""
+    from salbench.weights import drop_background_class
+
+    torch.manual_seed(0)
+    clf = load_classifier("random:test_resnet", ModelOptions(overrides={"random:test_resnet": {"input_size": 32}}))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before = clf(x)
+    drop_background_class(clf)
+    with torch.no_grad():
+        after = clf(x)
+    assert after.shape == (2, before.shape[1] - 1)
+    torch.testing.assert_close(after, before[:, 1:], atol=1e-5, rtol=1e-5)
