@@ -319,7 +319,11 @@ def calibration_path(device_label: str) -> Path:
     """Where ``salbench plan`` keeps the speeds it measured on a device: ``$SALBENCH_HOME/plan/``."""
     from salbench.store import home
 
-    tag = hashlib.sha256(device_label.encode()).hexdigest()[:12]
+    from salbench.classifiers import FREEZE_ON_CPU
+
+    # speeds measured before the scoring forwards ran frozen graphs (or with them turned off) are
+    # not this run's: the file is per device, calibration version and scoring path
+    tag = hashlib.sha256(f"{device_label}|calibration 2|frozen scorer {FREEZE_ON_CPU}".encode()).hexdigest()[:12]
     return home() / "plan" / f"speeds-{tag}.parquet"
 
 

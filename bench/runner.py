@@ -424,26 +424,50 @@ class Evaluator:
             out.update({k: _np(v) for k, v in metric.compute(ctx).items()})
         return out
 
-    def _agnosticism(self, x: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, stage: tuple[str, str] = ("", "")) -> dict[str, dict[str, Any]]:
+    def _agnosticism(self, x: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, stage: tuple[str, str] = ("", ""),
+                     evaluated: dict[tuple[int, bytes], dict[str, torch.Tensor]] | None = None) -> dict[str, dict[str, Any]]:
         """Scores of every eval classifier on the masked-in, masked-out and inpainted images.
 
         The three variants go through each eval classifier as one batch. A failing eval
         classifier yields its exception in place of scores (error rows), the rest go on.
+
+        ``evaluated`` (one per batch) holds the eval logits of every (image, binary mask) already
+        composed and scored in the batch: the variants depend on the image and the mask alone, so
+        an image whose mask another (method, source) pair already produced is not composed or
+        scored again. On the zoo, Grad-CAM, HiResCAM and XGradCAM (and CAM on the GAP-linear
+        heads) are the same map up to float rounding, and most of their masks coincide.
         """
         masked = [v for v in agnosticism.VARIANTS if v != "original"]
-        with self.clock("compose", *stage):
-            stacked = torch.cat([agnosticism.compose(x, b, v, inpaint=self.spec.inpaint) for v in masked])
+        n, evaluated = len(x), {} if evaluated is None else evaluated
+        packed = np.packbits(_np(b.reshape(n, -1)).astype(bool), axis=1)
+        keys = [(i, packed[i].tobytes()) for i in range(n)]
+        new = [i for i, k in enumerate(keys) if k not in evaluated]
+        logits: dict[str, torch.Tensor] = {}
+        failed: dict[str, Exception] = {}
+        if new:
+            sel = torch.tensor(new, device=x.device)
+            with self.clock("compose", *stage):
+                stacked = torch.cat([agnosticism.compose(x[sel], b[sel], v, inpaint=self.spec.inpaint) for v in masked])
+            for ev in self.r.eval_models:
+                try:
+                    with self.clock("eval", *stage):
+                        logits[ev] = self.classifiers[ev](stacked).view(len(masked), len(new), -1)
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except Exception as exc:
+                    failed[ev] = exc
+            if not failed:  # a failure is not remembered: the next pair tries again and reports its own
+                for j, i in enumerate(new):
+                    evaluated[keys[i]] = {ev: lg[:, j] for ev, lg in logits.items()}
+        fresh = {i: j for j, i in enumerate(new)}
         out: dict[str, dict[str, Any]] = {}
-        n = len(x)
         for ev in self.r.eval_models:
-            try:
-                with self.clock("eval", *stage):
-                    s_all = self._scores(self.classifiers[ev](stacked), labels.repeat(len(masked)))
-                out[ev] = {v: {k: t[j * n : (j + 1) * n] for k, t in s_all.items()} for j, v in enumerate(masked)}
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as exc:
-                out[ev] = {v: exc for v in masked}
+            if ev in failed:
+                out[ev] = {v: failed[ev] for v in masked}
+                continue
+            rows = [logits[ev][:, fresh[i]] if i in fresh else evaluated[keys[i]][ev] for i in range(n)]  # variants x classes each
+            s_all = self._scores(torch.stack(rows, 1).reshape(len(masked) * n, -1), labels.repeat(len(masked)))
+            out[ev] = {v: {k: t[j * n : (j + 1) * n] for k, t in s_all.items()} for j, v in enumerate(masked)}
         return out
 
     @torch.no_grad()
@@ -482,6 +506,7 @@ class Evaluator:
         # source classifier: compute maps and eval scores once, write rows for every source.
         shared: dict[str, Any] = {}
         shared_forwards: dict[Any, Any] = {}  # method-independent forwards of model metrics (substrate logits)
+        evaluated: dict[tuple[int, bytes], dict[str, torch.Tensor]] = {}  # eval logits per (image, mask): _agnosticism
         # the sanity checks' images in this batch, and the original maps they compare against
         sanity_sel = [i for i, k in enumerate(batch.index.tolist()) if k < self.sanity.params.images] if self.sanity else []
         kept: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -509,7 +534,7 @@ class Evaluator:
                         if picked:  # the inpainting is redone on these images alone: per-image backends give the same pixels
                             inpainted = agnosticism.compose(x[picked], ctx.binary[picked], "inpainted", inpaint=spec.inpaint)
                             stored = examples.map_columns(_np(maps[picked]), _np(ctx.binary[picked]), _np(inpainted))
-                        result = [ctx, self._agnosticism(x, ctx.binary, labels, (mname, src)), stored]
+                        result = [ctx, self._agnosticism(x, ctx.binary, labels, (mname, src), evaluated), stored]
                     except torch.cuda.OutOfMemoryError:
                         raise  # handled by evaluate_with_retry: split the batch
                     except Exception as exc:  # one method failing on one batch is an error row, not a crash

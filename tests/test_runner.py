@@ -370,3 +370,32 @@ def test_metric_selection_is_resolved_recorded_and_hashed():
     assert set(some.metrics) == {"om", "le", "classification"}
     assert set(some.config["metric_configs"]) == {"om", "le", "classification"}  # in run.json's spec and the hash
     assert set(every.metrics) >= {"om", "le", "f1", "classification"} and some.hash != every.hash
+
+
+def test_a_mask_already_scored_in_the_batch_is_not_composed_or_scored_again(tmp_path, monkeypatch):
+    """Two methods with the same maps (a Grad-CAM twin; on the zoo, Grad-CAM / HiResCAM / XGradCAM)
+    give the same masks: the second pair's images are neither inpainted nor put through the eval
+    classifiers again, and its agnosticism rows equal the first's."""
+    from salbench import runner
+    from salbench.methods import METHODS
+    from salbench.methods.base import register_method
+    from salbench.methods.cam import GradCAM
+
+    if "gradcam-twin" not in METHODS.names():
+        register_method("gradcam-twin")(type("GradCAMTwin", (GradCAM,), {"__doc__": "Grad-CAM under another name (test)."}))
+    composed: list[int] = []
+    compose = runner.agnosticism.compose
+    # masked-in images: composed for the eval classifiers only (the stored examples are inpainted ones)
+    monkeypatch.setattr(runner.agnosticism, "compose", lambda x, b, v, **kw: composed.append(len(x) * (v == "masked_in")) or compose(x, b, v, **kw))
+    spec = {**SPEC, "models": ["zoo:tiny-cnn"], "dataset": "synthetic?n=8&size=32", "methods": ["gradcam"]}
+    run_ = runner.run
+    run_(RunSpec(**spec), tmp_path / "one", progress=False)
+    alone = sum(composed)
+    composed.clear()
+    out = run_(RunSpec(**{**spec, "methods": ["gradcam", "gradcam-twin"]}), tmp_path / "two", progress=False)
+    assert alone == 8 and sum(composed) == alone  # the twin's masks were all scored already
+    agn = read_table(out, "agnosticism").drop(columns=["run_id"])
+    key = ["eval_model", "variant", "image_index"]
+    a = agn[agn.method == "gradcam"].drop(columns=["method"]).sort_values(key).reset_index(drop=True)
+    b = agn[agn.method == "gradcam-twin"].drop(columns=["method"]).sort_values(key).reset_index(drop=True)
+    assert len(a) == 8 * 4 and a.equals(b)

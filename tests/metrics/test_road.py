@@ -51,17 +51,41 @@ def _case(n=3, size=20, seed=0):
     return x, removed
 
 
-def test_imputation_matches_spsolve_on_the_papers_system():
+@pytest.mark.parametrize("solver, atol", [("cg", SOLVE_ATOL), ("banded", 1e-6)])
+def test_imputation_matches_spsolve_on_the_papers_system(solver, atol):
+    """The batched CG (the device path) to its residual tolerance; the banded Cholesky (the CPU
+    path) exactly, up to its float32 result."""
     x, removed = _case()
-    ours, iters = linear_impute(x, removed)
+    ours, iters = linear_impute(x, removed, solver=solver)
     for i in range(len(x)):
         ref = reference_impute(x[i].numpy(), removed[i].numpy())
-        assert np.abs(ours[i].numpy() - ref).max() < SOLVE_ATOL
+        assert np.abs(ours[i].numpy() - ref).max() < atol
         assert np.array_equal(ours[i].numpy()[:, ~removed[i].numpy()], x[i].numpy()[:, ~removed[i].numpy()])  # known pixels fixed
-    tight, _ = linear_impute(x, removed, tol=1e-10, max_iter=2000)
-    ref0 = reference_impute(x[0].numpy(), removed[0].numpy())
-    assert np.abs(tight[0].numpy() - ref0).max() < 1e-5  # the same system, not an approximation of it
-    assert (iters > 0).all()
+    if solver == "cg":
+        tight, _ = linear_impute(x, removed, tol=1e-10, max_iter=2000, solver="cg")
+        ref0 = reference_impute(x[0].numpy(), removed[0].numpy())
+        assert np.abs(tight[0].numpy() - ref0).max() < 1e-5  # the same system, not an approximation of it
+        assert (iters > 0).all()
+    else:
+        assert (iters == 0).all()
+
+
+def test_the_cpu_default_is_the_exact_solve_and_edge_cases():
+    x, removed = _case(n=2, size=16, seed=3)
+    auto, _ = linear_impute(x.float(), removed)
+    banded, _ = linear_impute(x.float(), removed, solver="banded")
+    assert torch.equal(auto, banded)
+    none = torch.zeros_like(removed)
+    everything = torch.ones_like(removed[:1])
+    kept, _ = linear_impute(x.float(), none, solver="banded")
+    assert torch.equal(kept, x.float())  # nothing removed: the image itself
+    filled, _ = linear_impute(x[:1].float(), everything, solver="banded")  # no known pixel: no solution, CG's fill instead
+    cg, _ = linear_impute(x[:1].float(), everything, solver="cg")
+    assert torch.isfinite(filled).all() and torch.equal(filled, cg)
+    with pytest.raises(ValueError, match="solver='lu'"):
+        linear_impute(x, removed, solver="lu")
+    with pytest.raises(ValueError, match="solver='lu'"):
+        Road.Params(solver="lu")
 
 
 def test_imputation_matches_pytorch_grad_cam():
