@@ -13,7 +13,8 @@ order at once, are solved by Jacobi-preconditioned conjugate gradients (the matr
 positive definite wherever a removed region touches a known pixel), in float32, started from a
 coarse-to-fine masked-average fill; each system stops on its own at ``||r|| <= tol * ||b||``, so an
 image's result does not depend on its batch. On a CPU each image's system is solved exactly by a
-banded Cholesky factorisation (``solver``: ``_banded_impute``), faster there than the CG. ``tests/metrics/test_road.py`` checks both against ``scipy.sparse.linalg.spsolve`` on the
+banded Cholesky factorisation (``solver``: ``_banded_impute``), faster there than the CG.
+``tests/metrics/test_road.py`` checks both against ``scipy.sparse.linalg.spsolve`` on the
 reference system.
 """
 
@@ -122,6 +123,7 @@ def _banded_impute(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     to the CG path, which returns its coarse fill.
     """
     import numpy as np
+    from scipy.linalg import LinAlgError, solveh_banded
     from threadpoolctl import threadpool_limits
 
     n, c, h, w = x.shape
@@ -135,45 +137,34 @@ def _banded_impute(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     # (offset to the later neighbour in row-major order, weight, pixels p whose neighbour p + offset is in the image)
     couplings = [(off, wt, np.nonzero(ok)[0]) for off, wt, ok in (
         (1, 1 / 6, xx + 1 < w), (w - 1, 1 / 12, (yy + 1 < h) & (xx >= 1)), (w, 1 / 6, yy + 1 < h), (w + 1, 1 / 12, (yy + 1 < h) & (xx + 1 < w)))]
-    left = []
+    left = []  # images without a solution: the CG path below
     with threadpool_limits(1, user_api="blas"):  # pbsv is level-2 work; OpenBLAS threads left spinning slow the next torch ops
-        _solve_each(n, rem, d, known_sum, out, couplings, h * w, left)
+        for i in range(n):
+            u = rem[i]
+            ids = np.nonzero(u)[0]
+            if len(ids) == 0:
+                continue
+            if len(ids) == h * w:
+                left.append(i)
+                continue
+            order = np.cumsum(u) - 1  # unknown number of each removed pixel
+            pairs = [(order[p], order[p + off], wt) for off, wt, p in ((off, wt, p[u[p] & u[p + off]]) for off, wt, p in couplings)]
+            r = np.concatenate([a for a, _, _ in pairs])
+            col = np.concatenate([c for _, c, _ in pairs])
+            v = np.concatenate([np.full(len(a), -wt) for a, _, wt in pairs])
+            band = int((col - r).max()) if len(r) else 0
+            ab = np.zeros((band + 1, len(ids)))
+            ab[band] = d[ids]
+            ab[band - (col - r), col] = v  # upper form: ab[band + i - j, j] = a[i, j], i < j
+            try:
+                out[i][:, ids] = solveh_banded(ab, known_sum[i][:, ids].T, lower=False, check_finite=False).T
+            except LinAlgError:
+                left.append(i)
     result = torch.from_numpy(out).float().reshape(n, c, h, w)
     if left:
         sel = torch.tensor(left)
         result[sel] = linear_impute(x[sel].cpu(), removed[sel].cpu(), solver="cg")[0].float()
     return result.to(x.device)
-
-
-def _solve_each(n, rem, d, known_sum, out, couplings, pixels, left) -> None:
-    """``_banded_impute``'s per-image solves, into ``out``; images without a solution go to ``left``."""
-    import numpy as np
-    from scipy.linalg import LinAlgError, solveh_banded
-
-    for i in range(n):
-        u = rem[i]
-        ids = np.nonzero(u)[0]
-        if len(ids) == 0:
-            continue
-        if len(ids) == pixels:
-            left.append(i)
-            continue
-        order = np.cumsum(u) - 1  # unknown number of each removed pixel
-        rows, cols, vals = [], [], []
-        for off, wt, p in couplings:
-            p = p[u[p] & u[p + off]]
-            rows.append(order[p])
-            cols.append(order[p + off])
-            vals.append(np.full(len(p), -wt))
-        r, col, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
-        band = int((col - r).max()) if len(r) else 0
-        ab = np.zeros((band + 1, len(ids)))
-        ab[band] = d[ids]
-        ab[band - (col - r), col] = v  # upper form: ab[band + i - j, j] = a[i, j], i < j
-        try:
-            out[i][:, ids] = solveh_banded(ab, known_sum[i][:, ids].T, lower=False, check_finite=False).T
-        except LinAlgError:
-            left.append(i)
 
 
 def _solve(xs: torch.Tensor, removed: torch.Tensor, tol: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
