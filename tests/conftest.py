@@ -46,7 +46,7 @@ _TOOL_OUTCOMES: dict[str, list[str]] = {}
 
 def pytest_runtest_logreport(report):
     """Remember the outcome of tests marked ``uses_tool`` (the call phase, or a skip at setup)."""
-    tools = [m for m in report.keywords if m in ("chromium", "pdflatex")]
+    tools = [value for key, value in report.user_properties if key == "uses_tool"]
     if tools and (report.when == "call" or report.skipped):
         for tool in tools:
             _TOOL_OUTCOMES.setdefault(tool, []).append(f"{report.nodeid.split('::')[-1]} {report.outcome.upper()}")
@@ -55,7 +55,7 @@ def pytest_runtest_logreport(report):
 def pytest_collection_modifyitems(items):
     for item in items:
         for mark in item.iter_markers("uses_tool"):
-            item.add_marker(mark.args[0])  # the tool's name as a keyword, read back in the log report
+            item.user_properties.append(("uses_tool", mark.args[0]))  # read back in the log report
 
 
 def pytest_terminal_summary(terminalreporter):

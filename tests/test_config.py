@@ -74,7 +74,7 @@ def test_default_spec_dict_and_hashes_are_unchanged():
     # default run; resolved in a fresh interpreter, as other tests register extra zoo recipes
     code = "from salbench.config import RunSpec; from salbench.runner import resolve; print(resolve(RunSpec()).hash)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[-1] == "f270997a2a2f20cb8d74fa797d979ee6c18975760a8655a02a3272f47470ee4d"
+    assert out[-1] == "86ee27b6d7acd6aaf9417d4f2d241f0c5bc993eb3084431ed3bac10d6c999cdd"
 
 
 def test_python_api_accepts_sequences_and_keeps_values_as_given():
