@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
@@ -290,6 +291,28 @@ class Road(Metric):
         not a classifier pass and is not priced)."""
         return (2 * len(self.params.fractions) / self.params.stride, 0.0, 0.0)
 
+    def _scores(self, ctx: MapContext, x: torch.Tensor, removed: torch.Tensor, which: torch.Tensor, index: torch.Tensor, seeds: torch.Tensor,
+                targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The source's target probability and hit on each imputed image. An (image, fraction and
+        order, removal mask) the source already scored on that target in this batch is neither
+        imputed nor scored again: the batch's ``shared`` cache keeps the two numbers, not the image.
+
+        The imputed image depends on the image, the removal mask and the noise seed (image index,
+        fraction and order) alone: maps that coincide (Grad-CAM, HiResCAM, XGrad-CAM and CAM on the
+        zoo's GAP-linear heads) remove the same pixels."""
+        p, cache = self.params, (ctx.shared if ctx.shared is not None else {})
+        packed = np.packbits(removed.reshape(len(removed), -1).cpu().numpy(), axis=1)
+        setting = ("road", ctx.source_model, p.noise, p.tol, p.max_iter, p.solver, p.seed)
+        keys = [(*setting, i, k, t, packed[j].tobytes()) for j, (i, k, t) in enumerate(zip(index.tolist(), which.tolist(), targets.tolist()))]
+        todo = sorted({key: j for j, key in reversed(list(enumerate(keys))) if key not in cache}.values())  # first of each
+        if todo:
+            sel = torch.tensor(todo, device=x.device)
+            images = noisy_linear_impute(x[sel], removed[sel], seeds[sel], p.noise, p.tol, p.max_iter, p.solver)
+            prob, hit = target_scores(ctx.classifiers[ctx.source_model], images, targets[sel], p.chunk)
+            cache.update({keys[j]: (prob[k], hit[k]) for k, j in enumerate(todo)})
+        prob, hit = zip(*(cache[key] for key in keys))
+        return torch.stack(prob), torch.stack(hit)
+
     def compute(self, ctx: MapContext) -> dict[str, torch.Tensor]:
         p = self.params
         batch, n = ctx.batch, len(ctx.maps)
@@ -304,9 +327,8 @@ class Road(Metric):
         nf, b = len(p.fractions), len(rows)
         removed = torch.cat([morf, lerf]).reshape(2 * nf * b, h, w)
         which = torch.arange(2 * nf, device=x.device).repeat_interleave(b)
-        images = noisy_linear_impute(x.repeat(2 * nf, 1, 1, 1), removed, derive_seeds(seeds.repeat(2 * nf), which), p.noise, p.tol, p.max_iter,
-                                     p.solver)
-        prob, hit = target_scores(ctx.classifiers[ctx.source_model], images, targets.repeat(2 * nf), p.chunk)
+        prob, hit = self._scores(ctx, x.repeat(2 * nf, 1, 1, 1), removed, which, batch.index[rows].repeat(2 * nf), derive_seeds(seeds.repeat(2 * nf), which),
+                                 targets.repeat(2 * nf))
         prob, hit = prob.view(2, nf, b), hit.view(2, nf, b).float()
         mean = [sum(t.unbind(0)) / nf for t in (hit[0], hit[1], prob[0], prob[1])]  # elementwise: the same in any batch
         out = {

@@ -4,6 +4,8 @@ linear ramp exactly, adds the stated noise; MoRF / LeRF agree with pytorch-grad-
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +188,33 @@ def test_a_batch_without_scored_images_is_null():
     for metric in (Road(fractions=(0.5,), stride=4), Deletion(steps=4, stride=4)):
         out = metric.compute(ctx)
         assert {c.column for c in metric.columns} == set(out) and all(torch.isnan(v).all() for v in out.values())
+
+
+def test_a_removal_the_source_already_scored_in_the_batch_is_not_imputed_or_scored_again(monkeypatch):
+    """Two methods whose maps coincide on some images (as Grad-CAM and HiResCAM do on the zoo):
+    the second pays only for the images where its removals differ, and its values are those of a
+    computation without the cache."""
+    from salbench.metrics import road as road_module
+    from testutils import make_classifier
+
+    clf = make_classifier("test_resnet", num_classes=4, size=32, seed=2).eval()
+    g = torch.Generator().manual_seed(5)
+    x, first = torch.rand(4, 3, 32, 32, generator=g), torch.rand(4, 32, 32, generator=g)
+    second = first.clone()
+    second[3] = torch.rand(32, 32, generator=g)  # image 3 gets another map, images 0-2 the same one
+    y = clf(x).argmax(1)
+    solved, calls = [], []
+    impute, score = road_module.noisy_linear_impute, road_module.target_scores
+    monkeypatch.setattr(road_module, "noisy_linear_impute", lambda x, *a, **k: solved.append(len(x)) or impute(x, *a, **k))
+    monkeypatch.setattr(road_module, "target_scores", lambda c, images, *a, **k: calls.append(len(images)) or score(c, images, *a, **k))
+    metric = Road(fractions=(0.2, 0.5))
+    ctx = _ctx(x, first, clf, y)
+    metric.compute(ctx)
+    assert solved == [16] and calls == [16]  # 4 images x 2 fractions x (MoRF, LeRF)
+    again = metric.compute(replace(ctx, maps=second))
+    assert solved == [16, 4] and calls == [16, 4]  # image 3 only
+    fresh = metric.compute(replace(ctx, maps=second, shared={}))
+    for k in fresh:  # a classifier call on 4 images rounds as one on 16 does, to float32 precision
+        torch.testing.assert_close(again[k], fresh[k], atol=1e-6, rtol=0)
+    other = metric.compute(replace(ctx, targets=(y + 1) % 4))  # another target is another score
+    assert solved[-1] == 16 and not torch.equal(other["road_morf_prob"], again["road_morf_prob"])
