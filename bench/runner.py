@@ -49,6 +49,7 @@ from salbench.errors import NotApplicable, UsageError, close_matches
 from salbench.mapcache import MapCache, code_digest, default_root, images_digest, map_key, quantize
 from salbench.methods import METHODS, SaliencyMethod, create_method
 from salbench.metrics import MapContext, Metric, ScoreContext, agnosticism, binarize, boxes, metrics_for, select_metrics
+from salbench.metrics._util import mask_keys
 from salbench.metrics.binarize import BINARIZERS
 from salbench.metrics.boxes import BOX_RULES
 from salbench.metrics.inpainting import INPAINTERS
@@ -439,8 +440,7 @@ class Evaluator:
         """
         masked = [v for v in agnosticism.VARIANTS if v != "original"]
         n, evaluated = len(x), {} if evaluated is None else evaluated
-        packed = np.packbits(_np(b.reshape(n, -1)).astype(bool), axis=1)
-        keys = [(i, packed[i].tobytes()) for i in range(n)]
+        keys = list(enumerate(mask_keys(b)))
         new = [i for i, k in enumerate(keys) if k not in evaluated]
         logits: dict[str, torch.Tensor] = {}
         failed: dict[str, Exception] = {}

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 T = TypeVar("T")
@@ -33,6 +34,13 @@ def thread_map(fn: Callable[[T], R], items: Sequence[T], max_workers: int | None
         return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(fn, items))
+
+
+def mask_keys(masks: torch.Tensor) -> list[bytes]:
+    """One hashable key per binary mask of an N x ... stack (its bits packed): the per-batch caches
+    of what was already composed or scored (the runner's eval logits, ROAD's scores) look them up."""
+    packed = np.packbits(masks.reshape(len(masks), -1).to("cpu", torch.bool).numpy(), axis=1)
+    return [row.tobytes() for row in packed]
 
 
 def check_maps(m: torch.Tensor, what: str = "saliency maps") -> None:

@@ -23,11 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from salbench.metrics._util import mask_keys
 from salbench.metrics.base import MapContext, Metric, MetricInfo, register_metric
 from salbench.metrics.perturbation import removal_rank, scatter_rows, subsample, target_scores, tie_seeds
 from salbench.rng import derive_seeds, uniform
@@ -301,10 +301,9 @@ class Road(Metric):
         fraction and order) alone: maps that coincide (Grad-CAM, HiResCAM, XGrad-CAM and CAM on the
         zoo's GAP-linear heads) remove the same pixels."""
         p, cache = self.params, (ctx.shared if ctx.shared is not None else {})
-        packed = np.packbits(removed.reshape(len(removed), -1).cpu().numpy(), axis=1)
         setting = ("road", ctx.source_model, p.noise, p.tol, p.max_iter, p.solver, p.seed)
-        keys = [(*setting, i, k, t, packed[j].tobytes()) for j, (i, k, t) in enumerate(zip(index.tolist(), which.tolist(), targets.tolist()))]
-        todo = sorted({key: j for j, key in reversed(list(enumerate(keys))) if key not in cache}.values())  # first of each
+        keys = [(*setting, *key) for key in zip(index.tolist(), which.tolist(), targets.tolist(), mask_keys(removed))]
+        todo = [j for j, key in enumerate(keys) if key not in cache]  # (index, which) is unique within one call
         if todo:
             sel = torch.tensor(todo, device=x.device)
             images = noisy_linear_impute(x[sel], removed[sel], seeds[sel], p.noise, p.tol, p.max_iter, p.solver)
